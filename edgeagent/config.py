@@ -1,0 +1,198 @@
+"""The agent's configuration: one TOML file, validated at the edge by pydantic models.
+
+Every section forbids unknown keys so a typo is an error, not a silently ignored setting. The
+defaults are the safe ones: a battery reserve is always kept, and nothing is written to sysfs or
+cgroupfs unless an actuator is enabled explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeagent import tomlfile
+from edgeagent.boards import BoardProfile, available_boards, load_board
+
+Driver = Literal["vedirect"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteConfig(Section):
+    id: str = Field(default="site1", pattern=r"^[A-Za-z0-9_-]+$", description="site id (topic level)")
+    node: str = Field(default="node1", pattern=r"^[A-Za-z0-9_-]+$", description="node id (topic level)")
+    board: str = Field(default="raspberry-pi-4", description="board profile name")
+
+    @field_validator("board")
+    @classmethod
+    def _known_board(cls, name: str) -> str:
+        if name not in available_boards():
+            raise ValueError(f"unknown board {name!r}; known boards: {', '.join(available_boards())}")
+        return name
+
+    def profile(self) -> BoardProfile:
+        return load_board(self.board)
+
+
+class PowerDevice(Section):
+    driver: Driver = "vedirect"
+    port: str = Field(description="serial port; prefer a stable /dev/serial/by-id/... name")
+    baud: int = Field(default=19200, gt=0)
+
+
+class PowerConfig(Section):
+    devices: list[PowerDevice] = Field(default_factory=list)
+    stale_after_s: float = Field(default=5.0, gt=0, le=300)
+
+
+class BatteryConfig(Section):
+    capacity_wh: float = Field(default=1200.0, gt=0)
+    reserve_soc_pct: float = Field(default=30.0, ge=5, le=95)
+    resume_margin_pct: float = Field(default=5.0, ge=0, le=50)
+
+
+class GovernorConfig(Section):
+    max_workers: int = Field(default=2, ge=0, le=64)
+    horizon_h: float = Field(default=12.0, gt=0, le=72)
+    tick_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+class WorkloadConfig(Section):
+    model: Literal["digits-int8", "digits-fp32"] = "digits-int8"
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    threads_per_worker: int = Field(default=1, ge=1, le=16)
+
+
+class TelemetryConfig(Section):
+    broker: str | None = Field(default=None, description="mqtt://host:port, mqtts://, unix:///path")
+    topic_root: str = Field(default="edgeagent", pattern=r"^[^#+/]+(/[^#+/]+)*$")
+    interval_s: float = Field(default=10.0, gt=0, le=86400)
+    outbox_path: Path = Path("/var/lib/edgeagent/outbox.db")
+    outbox_max_rows: int = Field(default=100_000, ge=10)
+    username: str | None = None
+    password: str | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("mqtt://", "mqtts://", "unix://")):
+            raise ValueError("broker must start with mqtt://, mqtts:// or unix://")
+        return url
+
+
+class ActuatorConfig(Section):
+    """Knobs that write to the machine; every one is off until the operator turns it on."""
+
+    cpufreq: bool = False
+    cgroup: bool = False
+    sysfs_root: Path = Path("/sys")
+
+
+class Config(Section):
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    power: PowerConfig = Field(default_factory=PowerConfig)
+    battery: BatteryConfig = Field(default_factory=BatteryConfig)
+    governor: GovernorConfig = Field(default_factory=GovernorConfig)
+    workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    actuators: ActuatorConfig = Field(default_factory=ActuatorConfig)
+
+    @model_validator(mode="after")
+    def _max_workers_fit_board(self) -> Config:
+        cores = self.site.profile().cores
+        if self.governor.max_workers > cores:
+            raise ValueError(
+                f"governor.max_workers: {self.governor.max_workers} exceeds the "
+                f"{cores} cores of board {self.site.board!r}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, with the dotted path of the field it is about."""
+
+    path: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}"
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__(f"{source}: " + "; ".join(str(i) for i in issues))
+
+
+def _model_at(path: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that owns the field at ``path``: to list the keys an unknown key could be."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return model if isinstance(part, str) else None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _hint(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(tuple(error["loc"][:-1]))
+        if owner is not None:
+            return "allowed keys here: " + ", ".join(owner.model_fields)
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return "value out of range"
+    if kind.endswith("_parsing") or kind.endswith("_type"):
+        return f"got {error['input']!r}"
+    if kind == "missing":
+        return "this key is required"
+    return ""
+
+
+def issues_from(error: ValidationError) -> list[ConfigIssue]:
+    issues = []
+    for e in error.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        if not path:  # a cross-field check names its field at the start of its message
+            path, _, message = message.partition(": ")
+        issues.append(ConfigIssue(path, message, _hint(dict(e))))
+    return issues
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomlfile.loads(text)
+    except tomlfile.TOMLDecodeError as exc:
+        raise ConfigError(source, [ConfigIssue("(file)", f"not valid TOML: {exc}")]) from exc
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, issues_from(exc)) from exc
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; every problem is reported at once in ``ConfigError``."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), [ConfigIssue("(file)", "no such file")]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [ConfigIssue("(file)", f"cannot read: {exc}")]) from exc
+    return parse_config(text, str(path))

@@ -1,0 +1,185 @@
+"""The MQTT link: moves outbox rows to the broker and keeps the retained online/offline status.
+
+paho-mqtt 2.x with ``CallbackAPIVersion.VERSION2`` runs its own network thread; its callbacks
+only put events on a queue. The agent's main thread calls ``pump()``, which owns the outbox:
+it deletes a row only after the broker's PUBACK and keeps a bounded window in flight. Within a
+process paho itself resends unacknowledged QoS 1 messages after a reconnect, so the window
+survives reconnects; across restarts the outbox resends what was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgeagent import __version__
+from edgeagent.telemetry.outbox import Outbox
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    transport: str  # "tcp" or "unix"
+    host: str  # host name, or the socket path for unix
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """``mqtt://host[:1883]``, ``mqtts://host[:8883]`` or ``unix:///path/to/socket``."""
+        parts = urlparse(url)
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"{url!r}: a unix:// broker URL needs a socket path")
+            return cls("unix", parts.path, 1, tls=False)  # paho checks the port even for unix
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{url!r}: expected mqtt://host:port, mqtts://host:port or unix://path")
+        tls = parts.scheme == "mqtts"
+        return cls("tcp", parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class Topics:
+    root: str
+    site: str
+    node: str
+
+    def _node(self, leaf: str) -> str:
+        return f"{self.root}/{self.site}/{self.node}/{leaf}"
+
+    @property
+    def status(self) -> str:
+        return self._node("status")
+
+    @property
+    def telemetry(self) -> str:
+        return self._node("telemetry")
+
+    @property
+    def events(self) -> str:
+        return self._node("events")
+
+
+class MqttLink:
+    def __init__(self, url: str, topics: Topics, *, client_id: str | None = None,
+                 username: str | None = None, password: str | None = None,
+                 window: int = 20, keepalive_s: int = 30) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.topics = topics
+        self.window = window
+        self.keepalive_s = keepalive_s
+        self.session = uuid.uuid4().hex[:12]  # tells a late Will of an old session from ours
+        self.connected = False
+        self.published = 0  # telemetry rows the broker acknowledged
+        self.rejected = 0
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._sent_upto = 0
+        self._status_mids: set[int] = set()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgeagent-{topics.site}-{topics.node}",
+            protocol=mqtt.MQTTv5,
+            transport=self.address.transport,  # type: ignore[arg-type]
+        )
+        if self.address.tls:
+            self.client.tls_set()
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(window)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.will_set(topics.status, self._status("offline"), qos=1, retain=True)
+
+    def _status(self, state: str) -> bytes:
+        body = {"state": state, "session": self.session, "version": __version__, "ts": time.time()}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    # paho callbacks: network thread; they only hand events to the main thread.
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
+        if not reason_code.is_failure:
+            self._events.put(("connected", None))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
+        self._events.put(("disconnected", None))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
+        self._events.put(("ack", (mid, reason_code.is_failure)))
+
+    def start(self) -> None:
+        """Connect in the background: a broker that is down at boot must not stop the agent."""
+        time.sleep(random.uniform(0, 0.2))  # jitter: a fleet restarting at once must not stampede
+        self.client.connect_async(self.address.host, self.address.port, self.keepalive_s)
+        self.client.loop_start()
+
+    def pump(self, outbox: Outbox) -> None:
+        """Handle what the network thread reported, then fill the in-flight window."""
+        acked: list[int] = []
+        while True:
+            try:
+                kind, data = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "connected":
+                self.connected = True
+                info = self.client.publish(self.topics.status, self._status("online"), 1, True)
+                self._status_mids.add(info.mid)
+            elif kind == "disconnected":
+                self.connected = False
+            elif kind == "ack":
+                mid, failed = data
+                row_id = self._inflight.pop(mid, None)
+                if row_id is None:
+                    self._status_mids.discard(mid)
+                elif failed:
+                    self.rejected += 1  # stays in the outbox; resent after a restart
+                else:
+                    acked.append(row_id)
+        if acked:
+            outbox.ack(acked)
+            self.published += len(acked)
+        if not self.connected:
+            return
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return
+        for row in outbox.pending(room, after_id=self._sent_upto):
+            info = self.client.publish(row.topic, row.payload, row.qos, row.retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                break  # not queued by paho: try again on the next pump
+            self._inflight[info.mid] = row.id
+            self._sent_upto = row.id
+
+    def stop(self, outbox: Outbox, flush_timeout_s: float = 5.0) -> None:
+        """Flush what the link allows, publish ``offline`` ourselves (the Will does not fire on a
+        clean disconnect), then disconnect."""
+        deadline = time.monotonic() + flush_timeout_s
+        while time.monotonic() < deadline:
+            self.pump(outbox)
+            if not self.connected or (not self._inflight and outbox.pending_count() == 0):
+                break
+            time.sleep(0.02)
+        if self.connected:
+            info = self.client.publish(self.topics.status, self._status("offline"), 1, True)
+            try:
+                info.wait_for_publish(timeout=max(deadline - time.monotonic(), 1.0))
+            except (RuntimeError, ValueError):
+                pass  # the link went away; the broker sends our Will instead
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.pump(outbox)

@@ -1,0 +1,42 @@
+"""Build the Cython kernels from ext/ when a compiler is there; install without them when not.
+
+Packages and package data live here (not in pyproject.toml) because the top-level ``boards/``
+folder is mapped into the package as ``edgeagent.board_profiles``.
+"""
+
+import os
+
+from setuptools import Extension, find_packages, setup
+
+# Flags from our measurements (research/quantized-inference.md §4.1): branch-free loops only
+# vectorize with these. The kernels handle NaN and inf explicitly before any arithmetic.
+KERNEL_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def kernel_extensions() -> list[Extension]:
+    if os.environ.get("EDGEAGENT_NO_EXT"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    exts = cythonize(
+        [Extension("edgeagent.kernels._compiled", ["ext/kernels.pyx"], extra_compile_args=KERNEL_FLAGS)],
+        language_level=3,
+    )
+    # cythonize() drops Extension(optional=True): set it again so a missing compiler is not fatal.
+    for ext in exts:
+        ext.optional = True
+    return exts
+
+
+setup(
+    packages=[*find_packages(include=["edgeagent", "edgeagent.*"]), "edgeagent.board_profiles"],
+    package_dir={"edgeagent.board_profiles": "boards"},
+    package_data={
+        "edgeagent.board_profiles": ["*.toml"],
+        "edgeagent.infer": ["models/*.onnx", "models/*.npz", "models/*.md"],
+        "edgeagent.sim": ["data/*.csv", "data/*.md"],
+    },
+    ext_modules=kernel_extensions(),
+)

@@ -1,0 +1,124 @@
+"""The MQTT link against a real Mosquitto: retained status, Last Will, acked delivery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Broker, retained
+from edgeagent.telemetry.mqtt import BrokerAddress, MqttLink, Topics
+from edgeagent.telemetry.outbox import Outbox
+
+TOPICS = Topics("edgeagent", "s1", "n1")
+
+
+def pump_until(link: MqttLink, box: Outbox, done: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        link.pump(box)
+        if done():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_broker_urls() -> None:
+    assert BrokerAddress.parse("mqtt://h:1999") == BrokerAddress("tcp", "h", 1999, False)
+    assert BrokerAddress.parse("mqtts://h").port == 8883
+    assert BrokerAddress.parse("unix:///run/mosquitto.sock").host == "/run/mosquitto.sock"
+    with pytest.raises(ValueError, match="expected mqtt://"):
+        BrokerAddress.parse("http://h")
+
+
+def test_status_is_retained_online_then_offline(broker: Broker, tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    link = MqttLink(broker.url, TOPICS)
+    link.start()
+    pump_until(link, box, lambda: link.connected)
+    time.sleep(0.2)
+    status = retained(broker, TOPICS.status)
+    assert status is not None and status["state"] == "online"
+    link.stop(box)
+    status = retained(broker, TOPICS.status)
+    assert status is not None and status["state"] == "offline"
+    assert status["session"] == link.session
+
+
+def test_every_queued_row_is_delivered_once_and_then_removed(
+        broker: Broker, tmp_path: Path, subscriber_factory: Any) -> None:
+    sub = subscriber_factory(TOPICS.telemetry)
+    box = Outbox(tmp_path / "o.db")
+    for i in range(200):
+        box.enqueue_telemetry(TOPICS.telemetry, {"i": i})
+    link = MqttLink(broker.url, TOPICS, window=20)
+    link.start()
+    pump_until(link, box, lambda: box.pending_count() == 0)
+    link.stop(box)
+    assert link.published == 200
+    deadline = time.monotonic() + 5
+    while len(sub.on(TOPICS.telemetry)) < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m["seq"] for m in sub.json_on(TOPICS.telemetry)] == list(range(200))
+
+
+def test_rows_wait_in_the_outbox_while_the_broker_is_down(
+        broker: Broker, tmp_path: Path, subscriber_factory: Any) -> None:
+    box = Outbox(tmp_path / "o.db")
+    broker.stop()
+    link = MqttLink(broker.url, TOPICS)
+    link.start()
+    for i in range(30):
+        box.enqueue_telemetry(TOPICS.telemetry, {"i": i})
+        link.pump(box)
+    time.sleep(0.5)
+    link.pump(box)
+    assert box.pending_count() == 30 and link.published == 0
+    broker.start()
+    sub = subscriber_factory(TOPICS.telemetry)
+    pump_until(link, box, lambda: box.pending_count() == 0, timeout=30)
+    link.stop(box)
+    deadline = time.monotonic() + 5
+    while len(sub.on(TOPICS.telemetry)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted({m["seq"] for m in sub.json_on(TOPICS.telemetry)}) == list(range(30))
+
+
+def test_the_last_will_says_offline_when_the_agent_is_killed(
+        broker: Broker, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from edgeagent.telemetry.mqtt import MqttLink, Topics
+        from edgeagent.telemetry.outbox import Outbox
+        box = Outbox(Path({str(tmp_path / "o.db")!r}))
+        link = MqttLink({broker.url!r}, Topics("edgeagent", "s1", "n1"), keepalive_s=1)
+        link.start()
+        while not link.connected:
+            link.pump(box); time.sleep(0.02)
+        link.pump(box); time.sleep(0.3); link.pump(box)
+        print("online", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "online"
+    status = retained(broker, TOPICS.status)
+    assert status is not None and status["state"] == "online"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = retained(broker, TOPICS.status, timeout=1)
+        if status is not None and status["state"] == "offline":
+            break
+    assert status is not None and status["state"] == "offline"
+    assert json.dumps(status)  # a JSON body, as the contract says
