@@ -6,7 +6,7 @@ folder is mapped into the package as ``edgeagent.board_profiles``.
 
 import os
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 
 # Flags from our measurements (research/quantized-inference.md §4.1): branch-free loops only
 # vectorize with these. The kernels handle NaN and inf explicitly before any arithmetic.
@@ -21,7 +21,8 @@ def kernel_extensions() -> list[Extension]:
     except ImportError:
         return []
     exts = cythonize(
-        [Extension("edgeagent.kernels._compiled", ["ext/kernels.pyx"], extra_compile_args=KERNEL_FLAGS)],
+        [Extension("edgeagent.kernels._compiled", ["ext/kernels.pyx"],
+                   extra_compile_args=KERNEL_FLAGS)],
         language_level=3,
     )
     # cythonize() drops Extension(optional=True): set it again so a missing compiler is not fatal.
@@ -31,12 +32,14 @@ def kernel_extensions() -> list[Extension]:
 
 
 setup(
-    packages=[*find_packages(include=["edgeagent", "edgeagent.*"]), "edgeagent.board_profiles"],
+    # Data folders (infer/models, sim/data) are namespace packages so their files install.
+    packages=[*find_namespace_packages(include=["edgeagent", "edgeagent.*"],
+                                       exclude=["*.__pycache__"]), "edgeagent.board_profiles"],
     package_dir={"edgeagent.board_profiles": "boards"},
     package_data={
         "edgeagent.board_profiles": ["*.toml"],
-        "edgeagent.infer": ["models/*.onnx", "models/*.npz", "models/*.md"],
-        "edgeagent.sim": ["data/*.csv", "data/*.md"],
+        "edgeagent.infer.models": ["*.onnx", "*.npz", "*.md"],
+        "edgeagent.sim.data": ["*.csv", "*.md"],
     },
     ext_modules=kernel_extensions(),
 )

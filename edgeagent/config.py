@@ -17,6 +17,7 @@ from edgeagent import tomlfile
 from edgeagent.boards import BoardProfile, available_boards, load_board
 
 Driver = Literal["vedirect"]
+TOPIC_LEVEL = r"^[A-Za-z0-9_-]+$"
 
 
 class Section(BaseModel):
@@ -24,15 +25,16 @@ class Section(BaseModel):
 
 
 class SiteConfig(Section):
-    id: str = Field(default="site1", pattern=r"^[A-Za-z0-9_-]+$", description="site id (topic level)")
-    node: str = Field(default="node1", pattern=r"^[A-Za-z0-9_-]+$", description="node id (topic level)")
+    id: str = Field(default="site1", pattern=TOPIC_LEVEL, description="site id (topic level)")
+    node: str = Field(default="node1", pattern=TOPIC_LEVEL, description="node id (topic level)")
     board: str = Field(default="raspberry-pi-4", description="board profile name")
 
     @field_validator("board")
     @classmethod
     def _known_board(cls, name: str) -> str:
         if name not in available_boards():
-            raise ValueError(f"unknown board {name!r}; known boards: {', '.join(available_boards())}")
+            known = ", ".join(available_boards())
+            raise ValueError(f"unknown board {name!r}; known boards: {known}")
         return name
 
     def profile(self) -> BoardProfile:

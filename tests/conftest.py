@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+
+
+def edgeagent_command() -> list[str]:
+    """The installed console script, so subprocesses test what a user runs (not the source
+    tree, which ``python -m`` from the checkout would import instead)."""
+    script = Path(sys.executable).parent / "edgeagent"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "edgeagent"]
 
 
 def _mosquitto_binary() -> str:

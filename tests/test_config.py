@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import edgeagent_command
 from edgeagent.config import Config, ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,7 +15,7 @@ EXAMPLE = REPO / "systemd" / "edgeagent.toml"
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgeagent", "config", "check", str(path)],
+    return subprocess.run([*edgeagent_command(), "config", "check", str(path)],
                           capture_output=True, text=True, timeout=60)
 
 

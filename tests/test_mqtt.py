@@ -108,7 +108,8 @@ def test_the_last_will_says_offline_when_the_agent_is_killed(
         print("online", flush=True)
         time.sleep(60)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "online"
     status = retained(broker, TOPICS.status)

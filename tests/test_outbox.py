@@ -66,7 +66,8 @@ def test_committed_rows_survive_kill_9(tmp_path: Path) -> None:
             if i == 50:
                 print("ready", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.2)

@@ -9,6 +9,7 @@ survives reconnects; across restarts the outbox resends what was never acknowled
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import random
@@ -176,10 +177,9 @@ class MqttLink:
             time.sleep(0.02)
         if self.connected:
             info = self.client.publish(self.topics.status, self._status("offline"), 1, True)
-            try:
+            # If the link went away meanwhile, the broker sends our Will instead.
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=max(deadline - time.monotonic(), 1.0))
-            except (RuntimeError, ValueError):
-                pass  # the link went away; the broker sends our Will instead
         self.client.disconnect()
         self.client.loop_stop()
         self.pump(outbox)

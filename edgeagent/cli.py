@@ -1,0 +1,105 @@
+"""The ``edgeagent`` command line (also ``python -m edgeagent``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgeagent import __version__
+
+EXIT_INVALID = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeagent", description=(
+        "Run a solar-powered micro data center on its own sun: read the charger, throttle "
+        "int8 inference to the energy budget, sync telemetry over MQTT."))
+    p.add_argument("--version", action="version", version=f"edgeagent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="the whole agent on an emulated site (no hardware needed)")
+    demo.add_argument("--duration", type=float, default=60.0, metavar="S",
+                      help="wall-clock seconds to run (default 60)")
+    demo.add_argument("--speed", type=float, default=1440.0, metavar="X",
+                      help="simulated seconds per wall second (default 1440: a day a minute)")
+    demo.add_argument("--broker", metavar="URL", help="mqtt://host:port or unix:///path")
+    demo.add_argument("--site", default="demo")
+    demo.add_argument("--node", default="node1")
+    demo.add_argument("--state-dir", type=Path, metavar="DIR",
+                      help="keep the outbox here (default: a temporary directory)")
+
+    run = sub.add_parser("run", help="the service (what systemd starts)")
+    run.add_argument("--config", type=Path, required=True, metavar="PATH")
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("path", type=Path, metavar="PATH")
+
+    decode = sub.add_parser("decode", help="decode a captured byte stream into readings")
+    decode.add_argument("--driver", required=True, help="vedirect")
+    decode.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                        help="capture file (default: standard input)")
+    return p
+
+
+def _config_check(path: Path) -> int:
+    from edgeagent.config import ConfigError, load_config
+
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.issues)} error(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{path}: ok")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config":
+        return _config_check(args.path)
+    if args.command == "demo":
+        from edgeagent.demo import DemoOptions, run_demo
+
+        if args.duration <= 0 or args.speed <= 0:
+            print("edgeagent demo: --duration and --speed must be positive", file=sys.stderr)
+            return EXIT_INVALID
+        if args.broker is not None:
+            from edgeagent.telemetry.mqtt import BrokerAddress
+
+            try:
+                BrokerAddress.parse(args.broker)
+            except ValueError as exc:
+                print(f"edgeagent demo: --broker {exc}", file=sys.stderr)
+                return EXIT_INVALID
+        return run_demo(DemoOptions(duration_s=args.duration, speed=args.speed,
+                                    broker=args.broker, site=args.site, node=args.node,
+                                    state_dir=args.state_dir))
+    if args.command == "run":
+        from edgeagent.config import ConfigError, load_config
+        from edgeagent.service import run_service
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                print(f"{exc.source}: {issue}", file=sys.stderr)
+            return EXIT_INVALID
+        return run_service(config)
+    if args.command == "decode":
+        from edgeagent.power.decode import run_decode
+
+        if args.file is None:
+            return run_decode(args.driver, sys.stdin.buffer, sys.stdout, sys.stderr)
+        try:
+            with args.file.open("rb") as f:
+                return run_decode(args.driver, f, sys.stdout, sys.stderr)
+        except OSError as exc:
+            print(f"edgeagent decode: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    raise AssertionError(args.command)

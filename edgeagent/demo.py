@@ -1,0 +1,162 @@
+"""``edgeagent demo``: the whole agent on an embedded default, no hardware and no broker needed.
+
+An emulated SmartSolar MPPT and SmartShunt speak VE.Direct on two pseudo-terminals, driven by
+a real solar trace (TMY3, Greensboro NC, June 21) at accelerated time and by a battery model
+that the agent's own inference load drains. The agent reads them through its real driver,
+the real governor sets the number of inference workers running the bundled int8 model, and
+telemetry goes through the SQLite outbox to MQTT when a broker is given.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from edgeagent.agent import Agent
+from edgeagent.boards import load_board
+from edgeagent.config import BatteryConfig, GovernorConfig
+from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.power.reader import SerialReader
+from edgeagent.sim.battery import Battery
+from edgeagent.sim.emulator import SiteEmulator
+from edgeagent.sim.solar import SolarTrace, hour_of_year
+from edgeagent.telemetry.mqtt import MqttLink, Topics
+from edgeagent.telemetry.outbox import Outbox
+from edgeagent.workloads.pool import WorkerPool
+
+# The embedded default site: a Raspberry Pi 4 on a 40 Wp panel and a 100 Wh LiFePO4 battery,
+# starting at midnight of the summer solstice with the battery at 70 %.
+BOARD = "raspberry-pi-4"
+PANEL_WP = 40.0
+BATTERY_WH = 100.0
+START_SOC_PCT = 70.0
+START = (6, 21)
+TELEMETRY_EVERY_SIM_S = 600.0
+TICK_WALL_S = 0.1
+STATUS_EVERY_WALL_S = 2.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float = 60.0
+    speed: float = 1440.0
+    broker: str | None = None
+    site: str = "demo"
+    node: str = "node1"
+    state_dir: Path | None = None
+    max_workers: int = 2
+
+
+@contextmanager
+def _state_dir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="edgeagent-demo-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clock_text(sim_hour: float) -> str:
+    day = int(sim_hour // 24) - int(hour_of_year(*START) // 24)
+    h = sim_hour % 24
+    return f"day {day + 1} {int(h):02d}:{int(h % 1 * 60):02d}"
+
+
+def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
+    board = load_board(BOARD)
+    battery_cfg = BatteryConfig(capacity_wh=BATTERY_WH)
+    governor_cfg = GovernorConfig(max_workers=options.max_workers)
+    samples, labels = load_bundled_samples()
+    pool = WorkerPool(lambda: DigitsClassifier.bundled("int8"), samples, labels,
+                      max_workers=options.max_workers)
+    emulator = SiteEmulator(SolarTrace.bundled(), Battery(BATTERY_WH, START_SOC_PCT),
+                            start_hour=hour_of_year(*START), speed=options.speed,
+                            panel_wp=PANEL_WP, load_w=lambda: board.load_w(pool.busy_cores()))
+    # The shunt first: its state of charge is what the governor trusts.
+    readers = [SerialReader(emulator.shunt.port), SerialReader(emulator.mppt.port)]
+    topics = Topics("edgeagent", options.site, options.node)
+    with _state_dir(options.state_dir) as state_dir:
+        outbox = Outbox(state_dir / "outbox.db")
+        link = MqttLink(options.broker, topics) if options.broker else None
+        agent = Agent(sources=readers, board=board, battery=battery_cfg, governor=governor_cfg,
+                      stale_after_s=5.0, pool=pool, outbox=outbox, topics=topics, link=link,
+                      telemetry_interval_s=TELEMETRY_EVERY_SIM_S,
+                      clock=lambda: emulator.sim_hour * 3600.0)
+        print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
+              f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
+              f"solar trace TMY3 Greensboro NC from June 21, {options.speed:.0f}x time", file=out)
+        print(f"  emulated MPPT on {emulator.mppt.port}, SmartShunt on {emulator.shunt.port}"
+              + (f", broker {options.broker}" if options.broker else ", no broker (outbox only)"),
+              file=out)
+        emulator.start()
+        for r in readers:
+            r.start()
+        pool.start()
+        if link is not None:
+            link.start()
+        started = time.monotonic()
+        next_status = started
+        last_inferences, last_status_t = 0, started
+        try:
+            while (now := time.monotonic()) - started < options.duration_s:
+                decision = agent.tick()
+                if now >= next_status:
+                    next_status = now + STATUS_EVERY_WALL_S
+                    stats = pool.stats()
+                    rate = (stats.inferences - last_inferences) / max(now - last_status_t, 1e-9)
+                    last_inferences, last_status_t = stats.inferences, now
+                    soc = agent.state.battery_soc_pct
+                    pv = agent.state.pv_power_w
+                    print(f"  {_clock_text(emulator.sim_hour)}  PV {pv or 0:5.1f} W  "
+                          f"SoC {'  ?  ' if soc is None else f'{soc:5.1f}'} %  "
+                          f"workers {decision.workers}/{options.max_workers}  "
+                          f"{rate:9.0f} inferences/s  ({decision.reason})", file=out, flush=True)
+                time.sleep(TICK_WALL_S)
+        except KeyboardInterrupt:
+            print("  interrupted", file=out)
+        finally:
+            pool.stop()
+            if link is not None:
+                link.stop(outbox)
+            for r in readers:
+                r.stop()
+            emulator.stop()
+        _summary(agent, emulator, link, outbox, out)
+        outbox.close()
+    return 0
+
+
+def _summary(agent: Agent, emulator: SiteEmulator, link: MqttLink | None, outbox: Outbox,
+             out: TextIO) -> None:
+    stats = agent.pool.stats()
+    totals = emulator.totals
+    jpi = agent.joules_per_inference()
+    total_level_s = sum(agent.time_at_level.values()) or 1.0
+    print("summary", file=out)
+    print(f"  simulated time      {_clock_text(emulator.sim_hour)}", file=out)
+    print(f"  PV energy           {totals.pv_wh:.1f} Wh   load energy {totals.load_wh:.1f} Wh",
+          file=out)
+    print(f"  state of charge     min {totals.min_soc_pct:.1f} %   max {totals.max_soc_pct:.1f} %"
+          f"   end {emulator.battery.soc_pct:.1f} %", file=out)
+    accuracy = "" if stats.accuracy is None else f"   accuracy {stats.accuracy:.2%}"
+    print(f"  inferences          {stats.inferences}{accuracy}", file=out)
+    print("  energy/inference    " + ("n/a" if jpi is None else
+          f"{jpi * 1e6:.1f} uJ (estimated: {stats.cpu_s:.1f} CPU-s x "
+          f"{agent.board.watts_per_core:.3f} W per busy core)"), file=out)
+    levels = "   ".join(f"{w} workers {s / total_level_s:.0%}"
+                        for w, s in sorted(agent.time_at_level.items()))
+    print(f"  time at work level  {levels}", file=out)
+    published = link.published if link is not None else 0
+    print(f"  telemetry           queued {agent.telemetry_queued}   published {published}   "
+          f"pending {outbox.pending_count()}   dropped {outbox.dropped}", file=out)

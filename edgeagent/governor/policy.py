@@ -1,0 +1,48 @@
+"""The governor: a pure function from site state to how much compute the site can afford now.
+
+No I/O and no clock: the live agent and the simulator call this same code. The rule is simple
+on purpose (issue 5 refines it):
+
+* unknown or stale power data, or a battery at or below its reserve: no work (the safe choice);
+* after hitting the reserve, stay off until the battery is back above reserve + margin;
+* otherwise afford the solar surplus over the board's idle draw, plus the battery energy above
+  the reserve spread over a horizon, and run as many workers as that power pays for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgeagent.boards import BoardProfile
+from edgeagent.config import BatteryConfig, GovernorConfig
+from edgeagent.state import SiteState
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the site does until the next tick. ``workers`` is the work level."""
+
+    workers: int
+    budget_w: float
+    reason: str
+    holding_reserve: bool = False
+
+
+def decide(state: SiteState, board: BoardProfile, battery: BatteryConfig,
+           governor: GovernorConfig, previous: Decision | None = None) -> Decision:
+    if state.stale or state.battery_soc_pct is None:
+        return Decision(0, 0.0, "power data stale or missing", holding_reserve=True)
+    soc = state.battery_soc_pct
+    if soc <= battery.reserve_soc_pct:
+        return Decision(0, 0.0, f"battery {soc:.0f}% at or below reserve", holding_reserve=True)
+    recovering = previous is not None and previous.holding_reserve
+    if recovering and soc < battery.reserve_soc_pct + battery.resume_margin_pct:
+        return Decision(0, 0.0, f"battery {soc:.0f}% recovering above reserve",
+                        holding_reserve=True)
+    surplus_w = (state.pv_power_w or 0.0) - board.idle_w
+    above_reserve_wh = battery.capacity_wh * (soc - battery.reserve_soc_pct) / 100.0
+    budget_w = max(surplus_w, 0.0) + above_reserve_wh / governor.horizon_h
+    workers = min(governor.max_workers, math.floor(budget_w / board.watts_per_core))
+    reason = f"budget {budget_w:.1f} W (surplus {surplus_w:.1f} W, battery {soc:.0f}%)"
+    return Decision(max(workers, 0), budget_w, reason)

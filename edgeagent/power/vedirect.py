@@ -1,0 +1,267 @@
+"""Victron VE.Direct TEXT protocol: a streaming decoder, the field mapping, and an encoder.
+
+Framing (research/serial-protocols.md §1.2, §1.5): each field is ``\\r\\n<label>\\t<value>``; a
+block ends with ``Checksum\\t<byte>`` and the bytes of the whole block sum to 0 mod 256. The
+checksum byte is data even when it is ``:``, ``\\r``, ``\\n``, ``\\t`` or 0x00. Asynchronous HEX
+frames (``:`` ... ``\\n``) can appear anywhere else, even inside a block: they are skipped,
+bounded, and kept out of the TEXT checksum. A non-printable byte outside the checksum byte is
+corruption: the block is dropped whole and the decoder hunts for the next field start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from edgeagent.power.reading import Reading
+
+MAX_LABEL = 9
+MAX_VALUE = 33
+MAX_FIELDS = 32
+MAX_HEX = 100
+
+CHARGER_STATES = {
+    0: "off", 1: "low_power", 2: "fault", 3: "bulk", 4: "absorption", 5: "float", 6: "storage",
+    7: "equalize", 9: "inverting", 11: "power_supply", 245: "starting_up",
+    246: "repeated_absorption", 247: "auto_equalize", 248: "battery_safe",
+    252: "external_control",
+}
+
+PRODUCTS = {
+    0x203: "BMV-700", 0x204: "BMV-702", 0x205: "BMV-700H", 0xA381: "BMV-712 Smart",
+    0xA382: "BMV-710H Smart", 0xA383: "BMV-712 Smart Rev2", 0xA389: "SmartShunt 500A/50mV",
+    0xA38A: "SmartShunt 1000A/50mV", 0xA38B: "SmartShunt 2000A/50mV",
+    0xA042: "BlueSolar MPPT 75/15", 0xA043: "BlueSolar MPPT 100/15",
+    0xA053: "SmartSolar MPPT 75/15", 0xA054: "SmartSolar MPPT 75/10",
+    0xA055: "SmartSolar MPPT 100/15", 0xA056: "SmartSolar MPPT 100/30",
+    0xA057: "SmartSolar MPPT 100/50", 0xA05F: "SmartSolar MPPT 100/20",
+    0xA060: "SmartSolar MPPT 100/20 48V",
+}
+
+
+@dataclass
+class DecoderStats:
+    """Counters that say how healthy the line is; they never reset while the decoder lives."""
+
+    blocks_ok: int = 0
+    blocks_bad_checksum: int = 0
+    hex_frames: int = 0
+    corrupt: int = 0
+    bytes: int = 0
+
+
+# Decoder states
+_HUNT, _LABEL, _VALUE, _CHECKSUM = range(4)
+
+
+class VEDirectDecoder:
+    """Feed it bytes as they arrive; it returns each block that passed its checksum."""
+
+    def __init__(self) -> None:
+        self.stats = DecoderStats()
+        self._state = _HUNT
+        self._in_hex = False
+        self._hex_len = 0
+        self._sum = 0
+        self._label = bytearray()
+        self._value = bytearray()
+        self._fields: list[tuple[str, str]] = []
+        self._prev = 0  # previous TEXT byte, to recognise the \r\n that starts a field
+
+    def _reset(self) -> None:
+        self._state = _HUNT
+        self._sum = 0
+        self._label.clear()
+        self._value.clear()
+        self._fields = []
+
+    def resync(self) -> None:
+        """Forget any partial block and hunt for the next one (after a reopen); keep stats."""
+        self._reset()
+        self._in_hex = False
+        self._prev = 0
+
+    def _corrupt(self) -> None:
+        self.stats.corrupt += 1
+        self._reset()
+
+    def feed(self, data: bytes) -> list[dict[str, str]]:
+        blocks: list[dict[str, str]] = []
+        self.stats.bytes += len(data)
+        for byte in data:
+            block = self._byte(byte)
+            if block is not None:
+                blocks.append(block)
+        return blocks
+
+    def _byte(self, b: int) -> dict[str, str] | None:
+        if self._in_hex:
+            self._hex_len += 1
+            if b == 0x0A:
+                self._in_hex = False
+            elif self._hex_len > MAX_HEX:
+                self._in_hex = False
+                self._corrupt()
+            return None
+        if self._state == _CHECKSUM:
+            return self._end_block(b)
+        if b == 0x3A:  # ':' starts a HEX frame anywhere but in the checksum byte
+            self._in_hex = True
+            self._hex_len = 0
+            self.stats.hex_frames += 1
+            return None
+        if not (0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D)):
+            if self._state != _HUNT:
+                self._corrupt()
+            return None
+        if self._state == _HUNT:
+            if b == 0x0A and self._prev == 0x0D:
+                self._start_block()
+            self._prev = b
+            return None
+        self._sum += b
+        if b == 0x0D:
+            self._prev = b
+            return None
+        if b == 0x0A:
+            if self._prev != 0x0D:
+                self._corrupt()
+                return None
+            if self._state == _VALUE:
+                self._finish_field()
+            elif self._label:  # a label with no TAB: garbage
+                self._corrupt()
+            self._prev = b
+            return None
+        self._prev = b
+        if self._state == _LABEL:
+            if b == 0x09:
+                if self._label == b"Checksum":
+                    self._state = _CHECKSUM
+                else:
+                    self._state = _VALUE
+            elif len(self._label) >= MAX_LABEL:
+                self._corrupt()
+            else:
+                self._label.append(b)
+        elif self._state == _VALUE:
+            if len(self._value) >= MAX_VALUE:
+                self._corrupt()
+            else:
+                self._value.append(b)
+        return None
+
+    def _start_block(self) -> None:
+        self._reset()
+        self._state = _LABEL
+        self._sum = 0x0D + 0x0A
+
+    def _finish_field(self) -> None:
+        if len(self._fields) >= MAX_FIELDS:
+            self._corrupt()
+            return
+        self._fields.append((self._label.decode("ascii"), self._value.decode("ascii")))
+        self._label.clear()
+        self._value.clear()
+        self._state = _LABEL
+
+    def _end_block(self, checksum_byte: int) -> dict[str, str] | None:
+        total = (self._sum + checksum_byte) & 0xFF
+        fields = self._fields
+        self._reset()
+        self._prev = 0
+        if total != 0:
+            self.stats.blocks_bad_checksum += 1
+            return None
+        self.stats.blocks_ok += 1
+        return dict(fields)
+
+
+def encode_block(fields: Sequence[tuple[str, str]]) -> bytes:
+    """One TEXT block with a valid checksum: what a Victron device sends (and our emulator)."""
+    body = b"".join(b"\r\n" + label.encode("ascii") + b"\t" + value.encode("ascii")
+                    for label, value in fields) + b"\r\nChecksum\t"
+    return body + bytes([(256 - sum(body)) % 256])
+
+
+def _int(fields: Mapping[str, str], label: str) -> int | None:
+    raw = fields.get(label)
+    if raw is None:
+        return None
+    try:
+        return int(raw, 0) if raw.lower().startswith("0x") else int(raw)
+    except ValueError:
+        return None
+
+
+def _scaled(fields: Mapping[str, str], label: str, factor: float) -> float | None:
+    value = _int(fields, label)
+    return None if value is None else value * factor
+
+
+def _on_off(fields: Mapping[str, str], label: str) -> bool | None:
+    raw = fields.get(label)
+    return {"ON": True, "OFF": False}.get(raw.upper()) if raw is not None else None
+
+
+def block_to_reading(fields: Mapping[str, str], ts: float,
+                     device_id: str | None = None) -> Reading:
+    """Map VE.Direct labels to the normalized reading; values that do not parse are absent.
+
+    Conventions: ``battery_power_w`` is the device's ``P``, else V x I when both are known;
+    ``pv_current_a`` is PPV / VPV; ``consumed_ah`` is positive (Victron sends CE as <= 0);
+    TTG -1 (infinite: not discharging) is absent.
+    """
+    volts = _scaled(fields, "V", 1e-3)
+    amps = _scaled(fields, "I", 1e-3)
+    power = _scaled(fields, "P", 1.0)
+    if power is None and volts is not None and amps is not None:
+        power = round(volts * amps, 3)
+    pv_v = _scaled(fields, "VPV", 1e-3)
+    pv_w = _scaled(fields, "PPV", 1.0)
+    pv_a = round(pv_w / pv_v, 3) if pv_w is not None and pv_v else None
+    soc = _scaled(fields, "SOC", 0.1)
+    ttg = _int(fields, "TTG")
+    ce = _scaled(fields, "CE", 1e-3)
+    load_a = _scaled(fields, "IL", 1e-3)
+    cs = _int(fields, "CS")
+    pid = _int(fields, "PID")
+    return Reading(
+        ts=ts, driver="vedirect",
+        device_id=fields.get("SER#") or device_id,
+        product=None if pid is None else PRODUCTS.get(pid, f"0x{pid:04X}"),
+        firmware=fields.get("FW") or fields.get("FWE"),
+        battery_voltage_v=volts, battery_current_a=amps, battery_power_w=power,
+        battery_soc_pct=None if soc is None else round(soc, 1),
+        battery_temp_c=_scaled(fields, "T", 1.0),
+        time_to_go_min=None if ttg is None or ttg < 0 else float(ttg),
+        consumed_ah=None if ce is None else abs(ce),
+        pv_voltage_v=pv_v, pv_current_a=pv_a, pv_power_w=pv_w,
+        load_current_a=load_a,
+        load_voltage_v=volts if load_a is not None else None,
+        load_power_w=round(volts * load_a, 3) if load_a is not None and volts is not None
+        else None,
+        load_on=_on_off(fields, "LOAD"),
+        charger_state=None if cs is None else CHARGER_STATES.get(cs, f"unknown_{cs}"),
+        error_code=_int(fields, "ERR"),
+        yield_total_kwh=_scaled(fields, "H19", 0.01),
+        yield_today_kwh=_scaled(fields, "H20", 0.01),
+        max_power_today_w=_scaled(fields, "H21", 1.0),
+        yield_yesterday_kwh=_scaled(fields, "H22", 0.01),
+        discharged_kwh=_scaled(fields, "H17", 0.01),
+        charged_kwh=_scaled(fields, "H18", 0.01),
+        cycles=_int(fields, "H4"),
+    )
+
+
+class VEDirectDevice:
+    """One device's state, merged across blocks: a BMV or SmartShunt sends a live block and a
+    history block every second, and both together make its state."""
+
+    def __init__(self, device_id: str | None = None) -> None:
+        self.device_id = device_id
+        self.fields: dict[str, str] = {}
+
+    def update(self, block: Mapping[str, str], ts: float = 0.0) -> Reading:
+        self.fields.update(block)
+        return block_to_reading(self.fields, ts, self.device_id)

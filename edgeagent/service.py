@@ -1,0 +1,74 @@
+"""``edgeagent run --config``: the service systemd starts.
+
+Thin for now (issue 7 adds sd_notify, the watchdog and reload): it wires the configured serial
+devices, the governor, the workers, the outbox and MQTT into the agent loop and runs it until
+SIGTERM or SIGINT, then stops admitting work, flushes what the link allows and says offline.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import TextIO
+
+from edgeagent.agent import Agent
+from edgeagent.config import Config
+from edgeagent.infer import DigitsClassifier, Variant, load_bundled_samples
+from edgeagent.power.reader import SerialReader
+from edgeagent.telemetry.mqtt import MqttLink, Topics
+from edgeagent.telemetry.outbox import Outbox
+from edgeagent.workloads.pool import WorkerPool
+
+
+def run_service(config: Config, out: TextIO = sys.stderr) -> int:
+    board = config.site.profile()
+    variant: Variant = "int8" if config.workload.model == "digits-int8" else "fp32"
+    threads = config.workload.threads_per_worker
+    samples, labels = load_bundled_samples()
+    pool = WorkerPool(lambda: DigitsClassifier.bundled(variant, threads=threads), samples, labels,
+                      max_workers=config.governor.max_workers,
+                      batch_size=config.workload.batch_size)
+    readers = [SerialReader(d.port, baud=d.baud) for d in config.power.devices]
+    tel = config.telemetry
+    topics = Topics(tel.topic_root, config.site.id, config.site.node)
+    outbox = Outbox(tel.outbox_path, max_rows=tel.outbox_max_rows)
+    link = (MqttLink(tel.broker, topics, username=tel.username, password=tel.password)
+            if tel.broker else None)
+    agent = Agent(sources=readers, board=board, battery=config.battery, governor=config.governor,
+                  stale_after_s=config.power.stale_after_s, pool=pool, outbox=outbox,
+                  topics=topics, link=link, telemetry_interval_s=tel.interval_s)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    for r in readers:
+        r.start()
+    pool.start()
+    if link is not None:
+        link.start()
+    print(f"edgeagent running: site {config.site.id} node {config.site.node}, "
+          f"{len(readers)} power device(s), board {board.name}", file=out, flush=True)
+    try:
+        while not stop.is_set():
+            decision = agent.tick()
+            print(f"workers {decision.workers}: {decision.reason}", file=out, flush=True)
+            # Pump the link often; decide once per governor tick.
+            for _ in range(max(int(config.governor.tick_s / 0.1), 1)):
+                if stop.wait(0.1):
+                    break
+                if link is not None:
+                    link.pump(outbox)
+    finally:
+        pool.set_workers(0)
+        pool.stop()
+        if link is not None:
+            link.stop(outbox)
+        for r in readers:
+            r.stop()
+        outbox.close()
+    return 0

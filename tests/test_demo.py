@@ -1,0 +1,75 @@
+"""`edgeagent demo` end to end: emulated charger on ptys, real driver, governor, model, broker."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import Broker, edgeagent_command, retained
+
+
+def demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*edgeagent_command(), "demo", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_demo_without_a_broker_prints_progress_and_a_summary(tmp_path: Path) -> None:
+    proc = demo("--duration", "6", "--speed", "7200", "--state-dir", str(tmp_path))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert re.search(r"day 1 \d\d:\d\d  PV +[\d.]+ W  SoC +[\d.]+ %  workers \d/2 ", out), out
+    for line in ("PV energy", "state of charge", "inferences", "energy/inference",
+                 "time at work level", "telemetry"):
+        assert line in out
+    inferences = int(re.search(r"inferences +(\d+)", out).group(1))  # type: ignore[union-attr]
+    assert inferences > 0
+    queued = int(re.search(r"queued (\d+)", out).group(1))  # type: ignore[union-attr]
+    pending = int(re.search(r"pending (\d+)", out).group(1))  # type: ignore[union-attr]
+    assert queued > 0 and pending == queued  # no broker: everything waits in the outbox
+    assert (tmp_path / "outbox.db").exists()
+
+
+def test_demo_with_a_broker_publishes_status_and_gapless_telemetry(
+        broker: Broker, subscriber_factory: Any, tmp_path: Path) -> None:
+    sub = subscriber_factory("edgeagent/s1/n1/#")
+    proc = demo("--broker", broker.url, "--site", "s1", "--node", "n1", "--duration", "8",
+                "--state-dir", str(tmp_path))
+    sub.wait_for("edgeagent/s1/n1/telemetry", lambda m: True, timeout=60)
+    status = retained(broker, "edgeagent/s1/n1/status")
+    assert status is not None and status["state"] == "online"  # retained while running
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    time.sleep(0.5)
+    status = retained(broker, "edgeagent/s1/n1/status")
+    assert status is not None and status["state"] == "offline"  # and offline after
+    telemetry = sub.json_on("edgeagent/s1/n1/telemetry")
+    seqs = [m["seq"] for m in telemetry]
+    assert seqs == list(range(len(seqs))), "telemetry seq has gaps or repeats"
+    published = int(re.search(r"published (\d+)", out).group(1))  # type: ignore[union-attr]
+    assert published == len(telemetry) > 0
+    first = telemetry[-1]
+    assert {"ts", "power", "decision", "workload", "outbox"} <= first.keys()
+    assert "battery_soc_pct" in first["power"]
+
+
+def test_demo_seq_continues_after_a_restart_on_the_same_state_dir(
+        broker: Broker, subscriber_factory: Any, tmp_path: Path) -> None:
+    sub = subscriber_factory("edgeagent/s1/n1/telemetry")
+    for _ in range(2):
+        proc = demo("--broker", broker.url, "--site", "s1", "--node", "n1", "--duration", "4",
+                    "--state-dir", str(tmp_path))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    time.sleep(0.5)
+    seqs = [m["seq"] for m in sub.json_on("edgeagent/s1/n1/telemetry")]
+    assert len(seqs) > 2 and seqs == list(range(len(seqs)))
+
+
+def test_a_bad_broker_url_is_a_clear_error() -> None:
+    proc = demo("--broker", "http://nope", "--duration", "1")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "mqtt://" in err and "Traceback" not in err
