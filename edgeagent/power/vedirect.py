@@ -131,6 +131,8 @@ class VEDirectDecoder:
                 self._finish_field()
             elif self._label:  # a label with no TAB: garbage
                 self._corrupt()
+            else:  # an empty field never occurs in a block: what came before was a fragment
+                self._start_block()
             self._prev = b
             return None
         self._prev = b
@@ -194,9 +196,10 @@ def _int(fields: Mapping[str, str], label: str) -> int | None:
         return None
 
 
-def _scaled(fields: Mapping[str, str], label: str, factor: float) -> float | None:
+def _scaled(fields: Mapping[str, str], label: str, divisor: int = 1) -> float | None:
+    """The value in SI units; dividing (not multiplying by 0.001) keeps 13120 mV at 13.12 V."""
     value = _int(fields, label)
-    return None if value is None else value * factor
+    return None if value is None else value / divisor
 
 
 def _on_off(fields: Mapping[str, str], label: str) -> bool | None:
@@ -212,18 +215,18 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
     ``pv_current_a`` is PPV / VPV; ``consumed_ah`` is positive (Victron sends CE as <= 0);
     TTG -1 (infinite: not discharging) is absent.
     """
-    volts = _scaled(fields, "V", 1e-3)
-    amps = _scaled(fields, "I", 1e-3)
-    power = _scaled(fields, "P", 1.0)
+    volts = _scaled(fields, "V", 1000)
+    amps = _scaled(fields, "I", 1000)
+    power = _scaled(fields, "P")
     if power is None and volts is not None and amps is not None:
         power = round(volts * amps, 3)
-    pv_v = _scaled(fields, "VPV", 1e-3)
-    pv_w = _scaled(fields, "PPV", 1.0)
+    pv_v = _scaled(fields, "VPV", 1000)
+    pv_w = _scaled(fields, "PPV")
     pv_a = round(pv_w / pv_v, 3) if pv_w is not None and pv_v else None
-    soc = _scaled(fields, "SOC", 0.1)
+    soc = _scaled(fields, "SOC", 10)
     ttg = _int(fields, "TTG")
-    ce = _scaled(fields, "CE", 1e-3)
-    load_a = _scaled(fields, "IL", 1e-3)
+    ce = _scaled(fields, "CE", 1000)
+    load_a = _scaled(fields, "IL", 1000)
     cs = _int(fields, "CS")
     pid = _int(fields, "PID")
     return Reading(
@@ -233,7 +236,7 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
         firmware=fields.get("FW") or fields.get("FWE"),
         battery_voltage_v=volts, battery_current_a=amps, battery_power_w=power,
         battery_soc_pct=None if soc is None else round(soc, 1),
-        battery_temp_c=_scaled(fields, "T", 1.0),
+        battery_temp_c=_scaled(fields, "T"),
         time_to_go_min=None if ttg is None or ttg < 0 else float(ttg),
         consumed_ah=None if ce is None else abs(ce),
         pv_voltage_v=pv_v, pv_current_a=pv_a, pv_power_w=pv_w,
@@ -244,12 +247,12 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
         load_on=_on_off(fields, "LOAD"),
         charger_state=None if cs is None else CHARGER_STATES.get(cs, f"unknown_{cs}"),
         error_code=_int(fields, "ERR"),
-        yield_total_kwh=_scaled(fields, "H19", 0.01),
-        yield_today_kwh=_scaled(fields, "H20", 0.01),
-        max_power_today_w=_scaled(fields, "H21", 1.0),
-        yield_yesterday_kwh=_scaled(fields, "H22", 0.01),
-        discharged_kwh=_scaled(fields, "H17", 0.01),
-        charged_kwh=_scaled(fields, "H18", 0.01),
+        yield_total_kwh=_scaled(fields, "H19", 100),
+        yield_today_kwh=_scaled(fields, "H20", 100),
+        max_power_today_w=_scaled(fields, "H21"),
+        yield_yesterday_kwh=_scaled(fields, "H22", 100),
+        discharged_kwh=_scaled(fields, "H17", 100),
+        charged_kwh=_scaled(fields, "H18", 100),
         cycles=_int(fields, "H4"),
     )
 

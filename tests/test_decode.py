@@ -1,0 +1,54 @@
+"""`edgeagent decode`: a capture in, one JSON reading per valid block out, a summary on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import edgeagent_command
+from edgeagent.power.vedirect import encode_block
+
+LIVE = [("PID", "0xA389"), ("V", "13120"), ("I", "-2500"), ("P", "-33"), ("SOC", "815"),
+        ("TTG", "1234"), ("FW", "0405")]
+HISTORY = [("H4", "17"), ("H17", "1200"), ("H18", "1350")]
+
+
+def run_decode(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*edgeagent_command(), "decode", *args], input=stdin,
+                          capture_output=True, timeout=60)
+
+
+def capture() -> bytes:
+    bad = bytearray(encode_block(LIVE))
+    bad[bad.index(b"13120") + 2] ^= 0x01  # a bit error: this block must not come out
+    return (b"\x13\x37half a block\r\n"  # the capture started mid-stream
+            + encode_block(LIVE) + b":A0102000543\n" + encode_block(HISTORY) + bytes(bad)
+            + encode_block(LIVE))
+
+
+def test_decode_a_capture_file(tmp_path: Path) -> None:
+    path = tmp_path / "capture.bin"
+    path.write_bytes(capture())
+    result = run_decode("--driver", "vedirect", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert len(lines) == 3
+    assert lines[0]["battery_soc_pct"] == 81.5 and "cycles" not in lines[0]
+    assert lines[1]["cycles"] == 17 and lines[1]["battery_soc_pct"] == 81.5  # merged state
+    assert all(line["driver"] == "vedirect" for line in lines)
+    summary = result.stderr.decode()
+    assert "3 valid blocks" in summary and "1 invalid" in summary and "1 HEX" in summary
+
+
+def test_decode_reads_standard_input() -> None:
+    result = run_decode("--driver", "vedirect", stdin=encode_block(LIVE))
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["battery_voltage_v"] == 13.12
+
+
+def test_unknown_driver_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    result = run_decode("--driver", "nope", stdin=b"")
+    assert result.returncode == 2 and b"vedirect" in result.stderr
+    result = run_decode("--driver", "vedirect", str(tmp_path / "missing.bin"))
+    assert result.returncode == 2 and b"Traceback" not in result.stderr

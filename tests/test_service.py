@@ -1,0 +1,78 @@
+"""`edgeagent run --config`: the service reads a real pty, governs, publishes, stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+from conftest import Broker, edgeagent_command, retained
+from edgeagent.power.vedirect import encode_block
+
+SHUNT = encode_block([("PID", "0xA389"), ("V", "13200"), ("I", "2000"), ("SOC", "900"),
+                      ("FW", "0405")])
+
+
+def test_run_reads_the_device_publishes_and_goes_offline_on_sigterm(
+        broker: Broker, subscriber_factory: Any, tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def device() -> None:  # a SmartShunt sending a block every 100 ms
+        while not stop.wait(0.1):
+            os.write(master, SHUNT)
+
+    threading.Thread(target=device, daemon=True).start()
+    config = tmp_path / "edgeagent.toml"
+    config.write_text(f"""
+[site]
+id = "s1"
+node = "n1"
+[[power.devices]]
+driver = "vedirect"
+port = "{os.ttyname(slave)}"
+[governor]
+tick_s = 0.2
+[telemetry]
+broker = "{broker.url}"
+interval_s = 0.2
+outbox_path = "{tmp_path / 'outbox.db'}"
+""")
+    sub = subscriber_factory("edgeagent/s1/n1/telemetry")
+    proc = subprocess.Popen([*edgeagent_command(), "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        body = sub.wait_for("edgeagent/s1/n1/telemetry",
+                            lambda m: m["power"].get("battery_soc_pct") == 90.0, timeout=60)
+        assert body["decision"]["workers"] == 2  # 90 % of 1200 Wh pays for both workers
+        status = retained(broker, "edgeagent/s1/n1/status")
+        assert status is not None and status["state"] == "online"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode == 0
+        status = retained(broker, "edgeagent/s1/n1/status")
+        assert status is not None and status["state"] == "offline"
+        time.sleep(0.3)
+        seqs = [m["seq"] for m in sub.json_on("edgeagent/s1/n1/telemetry")]
+        assert seqs == list(range(len(seqs)))
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+
+
+def test_run_refuses_a_broken_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[battery]\nreserve_soc_pct = 2\n")
+    result = subprocess.run([*edgeagent_command(), "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "battery.reserve_soc_pct" in result.stderr
