@@ -32,11 +32,11 @@ from edgeagent.telemetry.outbox import Outbox
 from edgeagent.workloads.pool import WorkerPool
 
 # The embedded default site: a Raspberry Pi 4 on a 40 Wp panel and a 100 Wh LiFePO4 battery,
-# starting at midnight of the summer solstice with the battery at 70 %.
+# starting at midnight of the summer solstice with the battery at 50 %.
 BOARD = "raspberry-pi-4"
 PANEL_WP = 40.0
 BATTERY_WH = 100.0
-START_SOC_PCT = 70.0
+START_SOC_PCT = 50.0
 START = (6, 21)
 TELEMETRY_EVERY_SIM_S = 600.0
 TICK_WALL_S = 0.1

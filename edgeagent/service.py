@@ -53,10 +53,13 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
         link.start()
     print(f"edgeagent running: site {config.site.id} node {config.site.node}, "
           f"{len(readers)} power device(s), board {board.name}", file=out, flush=True)
+    last_workers: int | None = None
     try:
         while not stop.is_set():
             decision = agent.tick()
-            print(f"workers {decision.workers}: {decision.reason}", file=out, flush=True)
+            if decision.workers != last_workers:  # log changes, not every tick
+                last_workers = decision.workers
+                print(f"workers {decision.workers}: {decision.reason}", file=out, flush=True)
             # Pump the link often; decide once per governor tick.
             for _ in range(max(int(config.governor.tick_s / 0.1), 1)):
                 if stop.wait(0.1):
