@@ -123,3 +123,23 @@ def test_the_last_will_says_offline_when_the_agent_is_killed(
             break
     assert status is not None and status["state"] == "offline"
     assert json.dumps(status)  # a JSON body, as the contract says
+
+
+def test_a_broker_that_dies_mid_stream_loses_nothing(broker: Broker, tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    for i in range(2000):
+        box.enqueue_telemetry(TOPICS.telemetry, {"i": i, "pad": "x" * 200})
+    link = MqttLink(broker.url, TOPICS, window=20)
+    link.start()
+    pump_until(link, box, lambda: link.published >= 200)
+    assert broker.process is not None
+    broker.process.kill()  # SIGKILL: in-flight messages are never acknowledged
+    broker.process.wait()
+    for _ in range(20):
+        link.pump(box)
+        time.sleep(0.02)
+    assert box.pending_count() > 0
+    broker.start()
+    pump_until(link, box, lambda: box.pending_count() == 0, timeout=60)
+    link.stop(box)
+    assert box.acked == 2000 and link.published == 2000
