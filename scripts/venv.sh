@@ -11,5 +11,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 install_edgeagent() {  # $1: extras, e.g. "[test]" or ""
-    "$VENV/bin/python" -m pip install --quiet "$ROOT$1"
+    # (the filter hides pip's notes about index locations that do not exist on this machine)
+    "$VENV/bin/python" -m pip install --quiet "$ROOT$1" 2>&1 | { grep -v "^WARNING: Location" || true; }
 }
