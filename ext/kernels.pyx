@@ -6,7 +6,7 @@ Everything is float32 arithmetic, as ONNX specifies; NaN and inf are handled exp
 the flags that let loops vectorize (-fno-math-errno -fno-trapping-math) change no result.
 """
 
-from libc.math cimport expf, nearbyintf
+from libc.math cimport expf
 
 import numpy as np
 
@@ -14,24 +14,25 @@ import numpy as np
 def quantize(const float[::1] x, float scale, int zero_point, signed char[::1] out):
     """q = saturate(round_half_to_even(x / scale) + zero_point); NaN -> zero_point.
 
-    Clamping to [-128 - zp, 127 - zp] before rounding gives the same result as saturating
-    after it (the bounds are integers), and keeps the cast in range.
+    Branch-free so the loop vectorizes (a libm rounding call per element made it 5x slower
+    than NumPy on large arrays). NaN becomes 0 before anything else, so it lands on the zero
+    point. Clamping to [-128 - zp, 127 - zp] before rounding gives the same result as
+    saturating after it (the bounds are integers). Within that range, adding and subtracting
+    1.5 * 2**23 rounds half to even in float32 (the default rounding mode), exactly.
     """
     cdef Py_ssize_t i, n = x.shape[0]
     cdef float v
     cdef float lo = <float>(-128 - zero_point)
     cdef float hi = <float>(127 - zero_point)
+    cdef float magic = 12582912.0
     with nogil:
         for i in range(n):
             v = x[i] / scale
-            if v != v:
-                out[i] = <signed char>zero_point
-                continue
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out[i] = <signed char>(<int>nearbyintf(v) + zero_point)
+            v = 0.0 if v != v else v
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            v = (v + magic) - magic
+            out[i] = <signed char>(<int>v + zero_point)
 
 
 def dequantize(const signed char[::1] q, float scale, int zero_point, float[::1] out):
