@@ -20,6 +20,15 @@ BMV_HISTORY = [("H1", "-50000"), ("H2", "-20000"), ("H4", "42"), ("H17", "3456")
                ("H18", "4012")]
 
 
+def hex_frame(command: str, payload: str) -> bytes:
+    """A valid async HEX frame: command nibble, payload bytes, checksum making the sum 0x55."""
+    check = (0x55 - int(command, 16) - sum(bytes.fromhex(payload))) % 256
+    return f":{command}{payload}{check:02X}\n".encode()
+
+
+REGISTER_1050 = hex_frame("A", "501000" + "00" * 8)  # an async history record, BlueSolar style
+
+
 def decode(data: bytes) -> tuple[VEDirectDecoder, list[dict[str, str]]]:
     decoder = VEDirectDecoder()
     return decoder, decoder.feed(data)
@@ -69,10 +78,24 @@ def test_hex_frames_after_the_checksum_and_inside_a_block_are_skipped() -> None:
     block = encode_block(MPPT)
     cut = block.index(b"\r\nERR")
     interrupted = block[:cut] + b":ADBED001A0D5C\n:A0202000200000045\n" + block[cut:]
-    stream = encode_block(BMV_LIVE) + b":A5010000000172\n" + interrupted
+    stream = encode_block(BMV_LIVE) + REGISTER_1050 + interrupted
     decoder, blocks = decode(stream)
     assert blocks == [dict(BMV_LIVE), dict(MPPT)]
     assert decoder.stats.hex_frames == 3 and decoder.stats.blocks_bad_checksum == 0
+
+
+def test_hex_frames_follow_the_0x55_rule() -> None:
+    assert hex_frame("1", "") == b":154\n"  # ping, from the VE.Direct FAQ
+    assert hex_frame("7", "001000") == b":70010003E\n"  # get 0x0100, from the FAQ
+
+
+def test_an_invalid_hex_frame_inside_a_block_drops_the_block() -> None:
+    block = encode_block(MPPT)
+    cut = block.index(b"\r\nERR")
+    for bogus in (b":A0102000544\n", b":XYZ\n", b":\n"):  # bad checksum, not hex, empty
+        decoder, blocks = decode(block[:cut] + bogus + block[cut:] + encode_block(BMV_LIVE))
+        assert blocks == [dict(BMV_LIVE)], bogus
+        assert decoder.stats.hex_bad == 1
 
 
 def test_a_runaway_hex_frame_is_bounded() -> None:
@@ -96,7 +119,7 @@ def test_a_truncated_first_block_is_ignored() -> None:
 
 
 def test_splitting_the_stream_anywhere_gives_the_same_blocks() -> None:
-    stream = encode_block(BMV_LIVE) + b":A5010000000172\n" + encode_block(BMV_HISTORY)
+    stream = encode_block(BMV_LIVE) + REGISTER_1050 + encode_block(BMV_HISTORY)
     expected = decode(stream)[1]
     for cut in range(1, len(stream)):
         decoder = VEDirectDecoder()

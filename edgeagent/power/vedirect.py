@@ -46,6 +46,7 @@ class DecoderStats:
     blocks_ok: int = 0
     blocks_bad_checksum: int = 0
     hex_frames: int = 0
+    hex_bad: int = 0
     corrupt: int = 0
     bytes: int = 0
 
@@ -61,7 +62,7 @@ class VEDirectDecoder:
         self.stats = DecoderStats()
         self._state = _HUNT
         self._in_hex = False
-        self._hex_len = 0
+        self._hex = bytearray()
         self._sum = 0
         self._label = bytearray()
         self._value = bytearray()
@@ -96,19 +97,26 @@ class VEDirectDecoder:
 
     def _byte(self, b: int) -> dict[str, str] | None:
         if self._in_hex:
-            self._hex_len += 1
             if b == 0x0A:
                 self._in_hex = False
-            elif self._hex_len > MAX_HEX:
+                if _valid_hex_frame(self._hex):
+                    self.stats.hex_frames += 1
+                else:  # most likely a bit error turned a byte into ':'; never trust the block
+                    self.stats.hex_bad += 1
+                    if self._state != _HUNT:
+                        self._corrupt()
+            elif len(self._hex) >= MAX_HEX:
                 self._in_hex = False
+                self.stats.hex_bad += 1
                 self._corrupt()
+            else:
+                self._hex.append(b)
             return None
         if self._state == _CHECKSUM:
             return self._end_block(b)
         if b == 0x3A:  # ':' starts a HEX frame anywhere but in the checksum byte
             self._in_hex = True
-            self._hex_len = 0
-            self.stats.hex_frames += 1
+            self._hex.clear()
             return None
         if not (0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D)):
             if self._state != _HUNT:
@@ -177,6 +185,19 @@ class VEDirectDecoder:
             return None
         self.stats.blocks_ok += 1
         return dict(fields)
+
+
+def _valid_hex_frame(body: bytes | bytearray) -> bool:
+    """``:`` + command nibble + hex byte pairs, the last one a checksum: the command plus all
+    bytes is 0x55 mod 256 (research/serial-protocols.md §1.5)."""
+    if len(body) < 3 or len(body) % 2 == 0:
+        return False
+    try:
+        command = int(body[:1], 16)
+        payload = bytes.fromhex(body[1:].decode("ascii"))
+    except ValueError:
+        return False
+    return (command + sum(payload)) & 0xFF == 0x55
 
 
 def encode_block(fields: Sequence[tuple[str, str]]) -> bytes:
