@@ -42,14 +42,14 @@ def test_emulated_devices_speak_valid_vedirect_that_our_driver_reads() -> None:
     try:
         emu.advance(60)
         decoder, mppt = VEDirectDecoder(), VEDirectDevice()
-        blocks = decoder.feed(emu.mppt_block())
+        blocks = decoder.feed(emu.mppt_block() * 2)  # the first one puts it in step
         assert len(blocks) == 1 and decoder.stats.blocks_bad_checksum == 0
         reading = mppt.update(blocks[0])
         assert reading.pv_power_w == pytest.approx(emu.pv_w, abs=1)
         assert reading.charger_state in {"bulk", "absorption", "float"}
         shunt_decoder, shunt = VEDirectDecoder(), VEDirectDevice()
         live, history = emu.shunt_blocks()
-        for block in shunt_decoder.feed(live + history):
+        for block in shunt_decoder.feed(history + live + history):
             reading = shunt.update(block)
         assert reading.battery_soc_pct == pytest.approx(emu.battery.soc_pct, abs=0.1)
         assert reading.charged_kwh is not None  # the history block merged into the state

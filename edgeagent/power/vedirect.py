@@ -51,26 +51,34 @@ class DecoderStats:
     bytes: int = 0
 
 
-# Decoder states
-_HUNT, _LABEL, _VALUE, _CHECKSUM = range(4)
+# Decoder states. A block is only trusted when it starts right where the previous block (good or
+# bad) ended: starting at any CR LF after a loss of sync could take the tail of a damaged block
+# for a whole one, and a tail passes the additive checksum one time in 256.
+_HUNT, _TRAILER, _BOUNDARY, _LABEL, _VALUE, _CHECKSUM = range(6)
+_CHECKSUM_LABEL = b"Checksum\t"
 
 
 class VEDirectDecoder:
-    """Feed it bytes as they arrive; it returns each block that passed its checksum."""
+    """Feed it bytes as they arrive; it returns each block that passed its checksum.
+
+    It starts (and restarts after corruption) by hunting for the end of a block, so the first
+    complete block after a loss of sync is skipped: no field is used before the line is known to
+    be in step.
+    """
 
     def __init__(self) -> None:
         self.stats = DecoderStats()
         self._state = _HUNT
+        self._match = 0  # how much of "Checksum\t" the hunt has seen
         self._in_hex = False
         self._hex = bytearray()
         self._sum = 0
         self._label = bytearray()
         self._value = bytearray()
         self._fields: list[tuple[str, str]] = []
-        self._prev = 0  # previous TEXT byte, to recognise the \r\n that starts a field
+        self._prev = 0  # previous byte in a block or between blocks, to recognise CR LF
 
-    def _reset(self) -> None:
-        self._state = _HUNT
+    def _clear_block(self) -> None:
         self._sum = 0
         self._label.clear()
         self._value.clear()
@@ -78,13 +86,14 @@ class VEDirectDecoder:
 
     def resync(self) -> None:
         """Forget any partial block and hunt for the next one (after a reopen); keep stats."""
-        self._reset()
+        self._clear_block()
+        self._state = _HUNT
+        self._match = 0
         self._in_hex = False
-        self._prev = 0
 
     def _corrupt(self) -> None:
         self.stats.corrupt += 1
-        self._reset()
+        self.resync()
 
     def feed(self, data: bytes) -> list[dict[str, str]]:
         blocks: list[dict[str, str]] = []
@@ -96,75 +105,86 @@ class VEDirectDecoder:
         return blocks
 
     def _byte(self, b: int) -> dict[str, str] | None:
+        state = self._state
         if self._in_hex:
-            if b == 0x0A:
-                self._in_hex = False
-                if _valid_hex_frame(self._hex):
-                    self.stats.hex_frames += 1
-                else:  # most likely a bit error turned a byte into ':'; never trust the block
-                    self.stats.hex_bad += 1
-                    if self._state != _HUNT:
-                        self._corrupt()
-            elif len(self._hex) >= MAX_HEX:
-                self._in_hex = False
-                self.stats.hex_bad += 1
-                self._corrupt()
-            else:
-                self._hex.append(b)
+            self._hex_byte(b)
             return None
-        if self._state == _CHECKSUM:
+        if state == _CHECKSUM:
             return self._end_block(b)
-        if b == 0x3A:  # ':' starts a HEX frame anywhere but in the checksum byte
+        if state == _TRAILER:  # the checksum byte of a block we only hunted through
+            self._enter_boundary()
+            return None
+        if b == 0x3A:  # ':' starts a HEX frame anywhere but in a checksum byte
             self._in_hex = True
             self._hex.clear()
             return None
-        if not (0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D)):
-            if self._state != _HUNT:
+        if state == _HUNT:
+            if b == _CHECKSUM_LABEL[self._match]:
+                self._match += 1
+                if self._match == len(_CHECKSUM_LABEL):
+                    self._match = 0
+                    self._state = _TRAILER
+            else:
+                self._match = 1 if b == _CHECKSUM_LABEL[0] else 0
+            return None
+        if state == _BOUNDARY:
+            if b == 0x0D:
+                self._prev = b
+            elif b == 0x0A and self._prev == 0x0D:
+                self._clear_block()
+                self._sum = 0x0D + 0x0A
+                self._state = _LABEL
+            else:  # noise between blocks: we no longer know where the next one starts
                 self._corrupt()
             return None
-        if self._state == _HUNT:
-            if b == 0x0A and self._prev == 0x0D:
-                self._start_block()
-            self._prev = b
+        if not (0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D)):
+            self._corrupt()
             return None
         self._sum += b
         if b == 0x0D:
             self._prev = b
             return None
         if b == 0x0A:
-            if self._prev != 0x0D:
+            if self._prev != 0x0D or state != _VALUE:  # a lone LF, or a field with no TAB
                 self._corrupt()
                 return None
-            if self._state == _VALUE:
-                self._finish_field()
-            elif self._label:  # a label with no TAB: garbage
-                self._corrupt()
-            else:  # an empty field never occurs in a block: what came before was a fragment
-                self._start_block()
+            self._finish_field()
             self._prev = b
             return None
         self._prev = b
-        if self._state == _LABEL:
+        if state == _LABEL:
             if b == 0x09:
-                if self._label == b"Checksum":
-                    self._state = _CHECKSUM
-                else:
-                    self._state = _VALUE
+                self._state = _CHECKSUM if self._label == b"Checksum" else _VALUE
             elif len(self._label) >= MAX_LABEL:
                 self._corrupt()
             else:
                 self._label.append(b)
-        elif self._state == _VALUE:
-            if len(self._value) >= MAX_VALUE:
-                self._corrupt()
-            else:
-                self._value.append(b)
+        elif len(self._value) >= MAX_VALUE:
+            self._corrupt()
+        else:
+            self._value.append(b)
         return None
 
-    def _start_block(self) -> None:
-        self._reset()
-        self._state = _LABEL
-        self._sum = 0x0D + 0x0A
+    def _hex_byte(self, b: int) -> None:
+        if b == 0x0A:
+            self._in_hex = False
+            if _valid_hex_frame(self._hex):
+                self.stats.hex_frames += 1
+            else:  # most likely a bit error turned a byte into ':'; never trust the block
+                self.stats.hex_bad += 1
+                if self._state != _HUNT:
+                    self._corrupt()
+        elif len(self._hex) >= MAX_HEX:  # an unterminated frame must not swallow the line
+            self._in_hex = False
+            self.stats.hex_bad += 1
+            self._corrupt()
+        else:
+            self._hex.append(b)
+
+    def _enter_boundary(self) -> None:
+        self._clear_block()
+        self._state = _BOUNDARY
+        self._prev = 0
 
     def _finish_field(self) -> None:
         if len(self._fields) >= MAX_FIELDS:
@@ -178,9 +198,8 @@ class VEDirectDecoder:
     def _end_block(self, checksum_byte: int) -> dict[str, str] | None:
         total = (self._sum + checksum_byte) & 0xFF
         fields = self._fields
-        self._reset()
-        self._prev = 0
-        if total != 0:
+        self._enter_boundary()
+        if total != 0 or not fields:  # a block without fields is never sent: a fragment
             self.stats.blocks_bad_checksum += 1
             return None
         self.stats.blocks_ok += 1
