@@ -3,6 +3,7 @@ site's state, asks the governor, applies the decision to the workers and queues 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -52,6 +53,8 @@ class Agent:
         self.state = SiteState()
         self.time_at_level: defaultdict[int, float] = defaultdict(float)
         self.telemetry_queued = 0
+        self.outbox_errors = 0
+        self.last_outbox_error: str | None = None
         self._last_tick = clock()
         self._next_telemetry = self._last_tick
 
@@ -71,12 +74,17 @@ class Agent:
         self.state = self.site_state()
         self.decision = decide(self.state, self.board, self.battery, self.governor, self.decision)
         self.pool.set_workers(self.decision.workers)
-        if now >= self._next_telemetry:
-            self._next_telemetry = now + self.telemetry_interval_s
-            self.outbox.enqueue_telemetry(self.topics.telemetry, self.telemetry())
-            self.telemetry_queued += 1
-        if self.link is not None:
-            self.link.pump(self.outbox)
+        try:
+            if now >= self._next_telemetry:
+                self._next_telemetry = now + self.telemetry_interval_s
+                self.outbox.enqueue_telemetry(self.topics.telemetry, self.telemetry())
+                self.telemetry_queued += 1
+            if self.link is not None:
+                self.link.pump(self.outbox)
+        except sqlite3.Error as exc:
+            # A full or failing disk must not stop the governor: count it, keep deciding.
+            self.outbox_errors += 1
+            self.last_outbox_error = str(exc)
         return self.decision
 
     def joules_per_inference(self) -> float | None:
@@ -102,5 +110,7 @@ class Agent:
                 "reason": decision.reason},
             "workload": {"inferences": stats.inferences, "cpu_s": round(stats.cpu_s, 3),
                          "j_per_inference": self.joules_per_inference()},
-            "outbox": {"pending": self.outbox.pending_count(), "dropped": self.outbox.dropped},
+            "outbox": {"pending": self.outbox.pending_count(), "dropped": self.outbox.dropped,
+                       "errors": self.outbox_errors,
+                       "rejected": 0 if self.link is None else len(self.link.rejected)},
         }

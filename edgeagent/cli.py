@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("edgeagent demo: --duration and --speed must be positive", file=sys.stderr)
             return EXIT_INVALID
         if args.broker is not None:
-            from edgeagent.telemetry.mqtt import BrokerAddress
+            from edgeagent.telemetry.address import BrokerAddress
 
             try:
                 BrokerAddress.parse(args.broker)
@@ -94,12 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "decode":
         from edgeagent.power.decode import run_decode
 
-        if args.file is None:
-            return run_decode(args.driver, sys.stdin.buffer, sys.stdout, sys.stderr)
         try:
-            with args.file.open("rb") as f:
-                return run_decode(args.driver, f, sys.stdout, sys.stderr)
+            source = sys.stdin.buffer if args.file is None else args.file.open("rb")
         except OSError as exc:
             print(f"edgeagent decode: {exc}", file=sys.stderr)
             return EXIT_INVALID
+        try:
+            with source:
+                return run_decode(args.driver, source, sys.stdout, sys.stderr)
+        except BrokenPipeError:  # `edgeagent decode ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     raise AssertionError(args.command)

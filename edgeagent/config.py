@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeagent import tomlfile
 from edgeagent.boards import BoardProfile, available_boards, load_board
+from edgeagent.telemetry.address import BrokerAddress
 
 Driver = Literal["vedirect"]
 TOPIC_LEVEL = r"^[A-Za-z0-9_-]+$"
@@ -82,8 +83,8 @@ class TelemetryConfig(Section):
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("mqtt://", "mqtts://", "unix://")):
-            raise ValueError("broker must start with mqtt://, mqtts:// or unix://")
+        if url is not None:
+            BrokerAddress.parse(url)  # its ValueError names what is wrong
         return url
 
 
@@ -139,12 +140,13 @@ def _model_at(path: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model that owns the field at ``path``: to list the keys an unknown key could be."""
     model: type[BaseModel] = Config
     for part in path:
-        field = model.model_fields.get(str(part))
+        if isinstance(part, int):  # an element of a list of tables: same model
+            continue
+        field = model.model_fields.get(part)
         if field is None:
-            return model if isinstance(part, str) else None
+            return model
         annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
         nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
         if not nested:
             return None

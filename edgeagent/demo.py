@@ -28,7 +28,7 @@ from edgeagent.sim.battery import Battery
 from edgeagent.sim.emulator import SiteEmulator
 from edgeagent.sim.solar import SolarTrace, hour_of_year
 from edgeagent.telemetry.mqtt import MqttLink, Topics
-from edgeagent.telemetry.outbox import Outbox
+from edgeagent.telemetry.outbox import Outbox, OutboxError
 from edgeagent.workloads.pool import WorkerPool
 
 # The embedded default site: a Raspberry Pi 4 on a 40 Wp panel and a 100 Wh LiFePO4 battery,
@@ -73,7 +73,20 @@ def _clock_text(sim_hour: float) -> str:
     return f"day {day + 1} {int(h):02d}:{int(h % 1 * 60):02d}"
 
 
-def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
+def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    try:
+        with _state_dir(options.state_dir) as state_dir:
+            outbox = Outbox(state_dir / "outbox.db")
+            try:
+                return _run(options, outbox, out)
+            finally:
+                outbox.close()
+    except (OSError, OutboxError) as exc:
+        print(f"edgeagent demo: {exc}", file=err)
+        return 2
+
+
+def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     board = load_board(BOARD)
     battery_cfg = BatteryConfig(capacity_wh=BATTERY_WH)
     governor_cfg = GovernorConfig(max_workers=options.max_workers)
@@ -86,54 +99,51 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     # The shunt first: its state of charge is what the governor trusts.
     readers = [SerialReader(emulator.shunt.port), SerialReader(emulator.mppt.port)]
     topics = Topics("edgeagent", options.site, options.node)
-    with _state_dir(options.state_dir) as state_dir:
-        outbox = Outbox(state_dir / "outbox.db")
-        link = MqttLink(options.broker, topics) if options.broker else None
-        agent = Agent(sources=readers, board=board, battery=battery_cfg, governor=governor_cfg,
-                      stale_after_s=5.0, pool=pool, outbox=outbox, topics=topics, link=link,
-                      telemetry_interval_s=TELEMETRY_EVERY_SIM_S,
-                      clock=lambda: emulator.sim_hour * 3600.0)
-        print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
-              f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
-              f"solar trace TMY3 Greensboro NC from June 21, {options.speed:.0f}x time", file=out)
-        print(f"  emulated MPPT on {emulator.mppt.port}, SmartShunt on {emulator.shunt.port}"
-              + (f", broker {options.broker}" if options.broker else ", no broker (outbox only)"),
-              file=out)
-        emulator.start()
-        for r in readers:
-            r.start()
-        pool.start()
+    link = MqttLink(options.broker, topics) if options.broker else None
+    agent = Agent(sources=readers, board=board, battery=battery_cfg, governor=governor_cfg,
+                  stale_after_s=5.0, pool=pool, outbox=outbox, topics=topics, link=link,
+                  telemetry_interval_s=TELEMETRY_EVERY_SIM_S,
+                  clock=lambda: emulator.sim_hour * 3600.0)
+    print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
+          f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
+          f"solar trace TMY3 Greensboro NC from June 21, {options.speed:.0f}x time", file=out)
+    print(f"  emulated MPPT on {emulator.mppt.port}, SmartShunt on {emulator.shunt.port}"
+          + (f", broker {options.broker}" if options.broker else ", no broker (outbox only)"),
+          file=out)
+    emulator.start()
+    for r in readers:
+        r.start()
+    pool.start()
+    if link is not None:
+        link.start()
+    started = time.monotonic()
+    next_status = started
+    last_inferences, last_status_t = 0, started
+    try:
+        while (now := time.monotonic()) - started < options.duration_s:
+            decision = agent.tick()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_WALL_S
+                stats = pool.stats()
+                rate = (stats.inferences - last_inferences) / max(now - last_status_t, 1e-9)
+                last_inferences, last_status_t = stats.inferences, now
+                soc = agent.state.battery_soc_pct
+                pv = agent.state.pv_power_w
+                print(f"  {_clock_text(emulator.sim_hour)}  PV {pv or 0:5.1f} W  "
+                      f"SoC {'  ?  ' if soc is None else f'{soc:5.1f}'} %  "
+                      f"workers {decision.workers}/{options.max_workers}  "
+                      f"{rate:9.0f} inferences/s  ({decision.reason})", file=out, flush=True)
+            time.sleep(TICK_WALL_S)
+    except KeyboardInterrupt:
+        print("  interrupted", file=out)
+    finally:
+        pool.stop()
         if link is not None:
-            link.start()
-        started = time.monotonic()
-        next_status = started
-        last_inferences, last_status_t = 0, started
-        try:
-            while (now := time.monotonic()) - started < options.duration_s:
-                decision = agent.tick()
-                if now >= next_status:
-                    next_status = now + STATUS_EVERY_WALL_S
-                    stats = pool.stats()
-                    rate = (stats.inferences - last_inferences) / max(now - last_status_t, 1e-9)
-                    last_inferences, last_status_t = stats.inferences, now
-                    soc = agent.state.battery_soc_pct
-                    pv = agent.state.pv_power_w
-                    print(f"  {_clock_text(emulator.sim_hour)}  PV {pv or 0:5.1f} W  "
-                          f"SoC {'  ?  ' if soc is None else f'{soc:5.1f}'} %  "
-                          f"workers {decision.workers}/{options.max_workers}  "
-                          f"{rate:9.0f} inferences/s  ({decision.reason})", file=out, flush=True)
-                time.sleep(TICK_WALL_S)
-        except KeyboardInterrupt:
-            print("  interrupted", file=out)
-        finally:
-            pool.stop()
-            if link is not None:
-                link.stop(outbox)
-            for r in readers:
-                r.stop()
-            emulator.stop()
-        _summary(agent, emulator, link, outbox, out)
-        outbox.close()
+            link.stop(outbox)
+        for r in readers:
+            r.stop()
+        emulator.stop()
+    _summary(agent, emulator, link, outbox, out)
     return 0
 
 
@@ -158,5 +168,11 @@ def _summary(agent: Agent, emulator: SiteEmulator, link: MqttLink | None, outbox
                         for w, s in sorted(agent.time_at_level.items()))
     print(f"  time at work level  {levels}", file=out)
     published = link.published if link is not None else 0
+    refused = "" if link is None or not link.rejected else f"   refused {len(link.rejected)}"
+    errors = f"   outbox errors {agent.outbox_errors}" if agent.outbox_errors else ""
     print(f"  telemetry           queued {agent.telemetry_queued}   published {published}   "
-          f"pending {outbox.pending_count()}   dropped {outbox.dropped}", file=out)
+          f"pending {outbox.pending_count()}   dropped {outbox.dropped}{refused}{errors}",
+          file=out)
+    pool_errors = stats.errors
+    if pool_errors:
+        print(f"  worker errors       {pool_errors} (last: {agent.pool.last_error})", file=out)

@@ -18,7 +18,7 @@ from edgeagent.config import Config
 from edgeagent.infer import DigitsClassifier, Variant, load_bundled_samples
 from edgeagent.power.reader import SerialReader
 from edgeagent.telemetry.mqtt import MqttLink, Topics
-from edgeagent.telemetry.outbox import Outbox
+from edgeagent.telemetry.outbox import Outbox, OutboxError
 from edgeagent.workloads.pool import WorkerPool
 
 
@@ -33,7 +33,12 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
     readers = [SerialReader(d.port, baud=d.baud) for d in config.power.devices]
     tel = config.telemetry
     topics = Topics(tel.topic_root, config.site.id, config.site.node)
-    outbox = Outbox(tel.outbox_path, max_rows=tel.outbox_max_rows)
+    try:
+        outbox = Outbox(tel.outbox_path, max_rows=tel.outbox_max_rows)
+    except OutboxError as exc:
+        print(f"edgeagent run: {exc} (check telemetry.outbox_path and the service's "
+              "StateDirectory)", file=out)
+        return 2
     link = (MqttLink(tel.broker, topics, username=tel.username, password=tel.password)
             if tel.broker else None)
     agent = Agent(sources=readers, board=board, battery=config.battery, governor=config.governor,

@@ -6,7 +6,7 @@ Everything is float32 arithmetic, as ONNX specifies; NaN and inf are handled exp
 the flags that let loops vectorize (-fno-math-errno -fno-trapping-math) change no result.
 """
 
-from libc.math cimport expf
+from libc.math cimport exp
 
 import numpy as np
 
@@ -46,7 +46,10 @@ def dequantize(const signed char[::1] q, float scale, int zero_point, float[::1]
 def softmax_topk(const float[:, ::1] logits, int k, long long[:, ::1] indices,
                  float[:, ::1] probs):
     """Per row: the k largest logits (ties: lower index first; NaN never wins) and their
-    probabilities under the softmax over the whole row (max subtracted first)."""
+    probabilities under the softmax over the whole row (max subtracted first).
+
+    exp is taken in double and rounded to float32, like the fallback: float32 exp differs
+    between libm and NumPy in the last bit, a double result rounded to float32 does not."""
     cdef Py_ssize_t b, i, j, n = logits.shape[1], rows = logits.shape[0]
     cdef Py_ssize_t best
     cdef float m, v, total, bv
@@ -63,7 +66,7 @@ def softmax_topk(const float[:, ::1] logits, int k, long long[:, ::1] indices,
             for i in range(n):
                 v = logits[b, i]
                 if v == v and m > neg_inf:
-                    total = total + expf(v - m)
+                    total = total + <float>exp(<double>(v - m))
             for i in range(n):
                 taken[i] = 0
             for j in range(k):
@@ -81,4 +84,4 @@ def softmax_topk(const float[:, ::1] logits, int k, long long[:, ::1] indices,
                 if bv == neg_inf or total == 0.0:
                     probs[b, j] = 0.0
                 else:
-                    probs[b, j] = expf(bv - m) / total
+                    probs[b, j] = <float>exp(<double>(bv - m)) / total

@@ -50,6 +50,7 @@ class Broker:
     port: int
     binary: str
     process: subprocess.Popen[bytes] | None = None
+    extra_config: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -61,6 +62,7 @@ class Broker:
                  "persistence false", f"log_dest file {self.directory / 'mosquitto.log'}"]
         if os.geteuid() == 0:
             lines.append("user root")
+        lines += self.extra_config
         conf.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen([self.binary, "-c", str(conf)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -67,6 +67,20 @@ def test_defaults_are_safe() -> None:
     assert config.telemetry.broker is None
 
 
+def test_a_broker_url_that_cannot_connect_is_refused_here_not_at_run_time() -> None:
+    for url in ("mqtt://", "mqtt://h:99999", "ftp://h"):
+        with pytest.raises(ConfigError) as err:
+            parse_config(f'[telemetry]\nbroker = "{url}"\n')
+        assert err.value.issues[0].path == "telemetry.broker"
+
+
+def test_an_unknown_key_in_a_device_table_lists_the_allowed_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config('[[power.devices]]\nport = "/dev/ttyUSB0"\nspeed = 9600\n')
+    issue = err.value.issues[0]
+    assert issue.path == "power.devices.0.speed" and "driver, port, baud" in issue.hint
+
+
 def test_reserve_cannot_be_turned_off() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config("[battery]\nreserve_soc_pct = 0\n")

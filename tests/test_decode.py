@@ -53,3 +53,13 @@ def test_unknown_driver_and_missing_file_are_clear_errors(tmp_path: Path) -> Non
     assert result.returncode == 2 and b"vedirect" in result.stderr
     result = run_decode("--driver", "vedirect", str(tmp_path / "missing.bin"))
     assert result.returncode == 2 and b"Traceback" not in result.stderr
+
+
+def test_decode_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "capture.bin"
+    path.write_bytes(encode_block(LIVE) * 20000)
+    result = subprocess.run(f"{' '.join(edgeagent_command())} decode --driver vedirect "
+                            f"< {path} | head -1", shell=True, capture_output=True, timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.count(b"\n") == 1
+    assert b"Traceback" not in result.stderr

@@ -73,3 +73,11 @@ def test_a_bad_broker_url_is_a_clear_error() -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "mqtt://" in err and "Traceback" not in err
+
+
+def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = demo("--duration", "1", "--state-dir", str(blocker / "state"))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err and str(blocker) in err

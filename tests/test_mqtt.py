@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from conftest import Broker, retained
-from edgeagent.telemetry.mqtt import BrokerAddress, MqttLink, Topics
+from edgeagent.telemetry.address import BrokerAddress
+from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
 
 TOPICS = Topics("edgeagent", "s1", "n1")
@@ -35,8 +36,9 @@ def test_broker_urls() -> None:
     assert BrokerAddress.parse("mqtt://h:1999") == BrokerAddress("tcp", "h", 1999, False)
     assert BrokerAddress.parse("mqtts://h").port == 8883
     assert BrokerAddress.parse("unix:///run/mosquitto.sock").host == "/run/mosquitto.sock"
-    with pytest.raises(ValueError, match="expected mqtt://"):
-        BrokerAddress.parse("http://h")
+    for bad in ("http://h", "mqtt://", "mqtt://h:99999", "mqtt://h:0", "unix://"):
+        with pytest.raises(ValueError, match=bad.replace("/", ".")):
+            BrokerAddress.parse(bad)
 
 
 def test_status_is_retained_online_then_offline(broker: Broker, tmp_path: Path) -> None:
@@ -143,3 +145,22 @@ def test_a_broker_that_dies_mid_stream_loses_nothing(broker: Broker, tmp_path: P
     pump_until(link, box, lambda: box.pending_count() == 0, timeout=60)
     link.stop(box)
     assert box.acked == 2000 and link.published == 2000
+
+
+def test_rows_the_broker_refuses_are_kept_counted_and_do_not_hold_up_shutdown(
+        broker: Broker, tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite edgeagent/s1/n1/status\n")  # telemetry is not allowed
+    broker.stop()
+    broker.extra_config = [f"acl_file {acl}"]
+    broker.start()
+    box = Outbox(tmp_path / "o.db")
+    for i in range(5):
+        box.enqueue_telemetry(TOPICS.telemetry, {"i": i})
+    link = MqttLink(broker.url, TOPICS)
+    link.start()
+    pump_until(link, box, lambda: len(link.rejected) == 5)
+    started = time.monotonic()
+    link.stop(box, flush_timeout_s=5.0)
+    assert time.monotonic() - started < 3.0
+    assert box.pending_count() == 5 and link.published == 0  # kept for a later retry

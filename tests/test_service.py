@@ -76,3 +76,14 @@ def test_run_refuses_a_broken_config(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "battery.reserve_soc_pct" in result.stderr
+
+
+def test_run_with_an_unusable_outbox_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = tmp_path / "edgeagent.toml"
+    config.write_text(f'[telemetry]\noutbox_path = "{blocker / "outbox.db"}"\n')
+    result = subprocess.run([*edgeagent_command(), "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot open the outbox" in result.stderr and "Traceback" not in result.stderr

@@ -32,7 +32,9 @@ class Decision:
 def decide(state: SiteState, board: BoardProfile, battery: BatteryConfig,
            governor: GovernorConfig, previous: Decision | None = None) -> Decision:
     if state.stale or state.battery_soc_pct is None:
-        return Decision(0, 0.0, "power data stale or missing", holding_reserve=True)
+        # Safe: no work. Not knowing is not a reserve hit, but a hit before it still counts.
+        holding = previous is not None and previous.holding_reserve
+        return Decision(0, 0.0, "power data stale or missing", holding_reserve=holding)
     soc = state.battery_soc_pct
     if soc <= battery.reserve_soc_pct:
         return Decision(0, 0.0, f"battery {soc:.0f}% at or below reserve", holding_reserve=True)

@@ -65,9 +65,8 @@ def softmax_topk(logits: npt.ArrayLike, k: int
     probabilities under the softmax over *all* logits of the row.
 
     ``logits``: (n,) or (batch, n) float32. NaN ranks below everything and adds nothing to the
-    softmax; +inf is rejected (its softmax is undefined). Indices are identical between the
-    compiled and fallback kernels; probabilities agree to 1e-6 (libm's and NumPy's exp may
-    differ in the last bit).
+    softmax; +inf is rejected (its softmax is undefined). The compiled and fallback kernels
+    return identical indices and bit-identical probabilities (exp in double, then float32).
     """
     arr = np.ascontiguousarray(logits, dtype=np.float32)
     if arr.ndim not in (1, 2):

@@ -35,7 +35,8 @@ def softmax_topk(logits: npt.NDArray[np.float32], k: int, indices: npt.NDArray[n
     m = x.max(axis=1, keepdims=True, initial=-np.inf)
     finite = np.isfinite(m)
     with np.errstate(invalid="ignore"):
-        e = np.exp(np.where(finite, x - m, np.float32(-np.inf)), dtype=np.float32)
+        shifted = np.where(finite, x - m, np.float32(-np.inf))  # float32, as in the compiled loop
+    e = np.exp(shifted.astype(np.float64)).astype(np.float32)  # exp in double, then rounded
     total = np.zeros((x.shape[0], 1), np.float32)
     for i in range(x.shape[1]):  # sequential float32 sum, in the order the compiled loop adds
         total += e[:, i : i + 1]

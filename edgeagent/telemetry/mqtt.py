@@ -17,7 +17,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,28 +24,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeagent import __version__
+from edgeagent.telemetry.address import BrokerAddress
 from edgeagent.telemetry.outbox import Outbox
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    transport: str  # "tcp" or "unix"
-    host: str  # host name, or the socket path for unix
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://host[:1883]``, ``mqtts://host[:8883]`` or ``unix:///path/to/socket``."""
-        parts = urlparse(url)
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError(f"{url!r}: a unix:// broker URL needs a socket path")
-            return cls("unix", parts.path, 1, tls=False)  # paho checks the port even for unix
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"{url!r}: expected mqtt://host:port, mqtts://host:port or unix://path")
-        tls = parts.scheme == "mqtts"
-        return cls("tcp", parts.hostname, parts.port or (8883 if tls else 1883), tls)
 
 
 @dataclass(frozen=True)
@@ -81,8 +60,8 @@ class MqttLink:
         self.keepalive_s = keepalive_s
         self.session = uuid.uuid4().hex[:12]  # tells a late Will of an old session from ours
         self.connected = False
-        self.published = 0  # telemetry rows the broker acknowledged
-        self.rejected = 0
+        self.published = 0  # rows the broker acknowledged
+        self.rejected: set[int] = set()  # rows the broker refused (e.g. ACL): kept, not resent
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self._sent_upto = 0
@@ -148,7 +127,7 @@ class MqttLink:
                 if row_id is None:
                     self._status_mids.discard(mid)
                 elif failed:
-                    self.rejected += 1  # stays in the outbox; resent after a restart
+                    self.rejected.add(row_id)  # stays in the outbox; retried after a restart
                 else:
                     acked.append(row_id)
         if acked:
@@ -172,7 +151,8 @@ class MqttLink:
         deadline = time.monotonic() + flush_timeout_s
         while time.monotonic() < deadline:
             self.pump(outbox)
-            if not self.connected or (not self._inflight and outbox.pending_count() == 0):
+            if not self.connected or (
+                    not self._inflight and outbox.pending_count() <= len(self.rejected)):
                 break
             time.sleep(0.02)
         if self.connected:

@@ -34,6 +34,10 @@ INSERT OR IGNORE INTO counters VALUES ('next_seq', 0), ('dropped_capacity', 0), 
 """
 
 
+class OutboxError(Exception):
+    """The outbox file cannot be created or opened (permissions, not a directory, ...)."""
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
@@ -45,13 +49,17 @@ class OutboxRow:
 
 class Outbox:
     def __init__(self, path: Path, max_rows: int = 100_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the outbox; ``OutboxError`` says why it cannot be used."""
         self.path = path
         self.max_rows = max_rows
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"cannot open the outbox {path}: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
@@ -71,7 +79,8 @@ class Outbox:
             self._insert(topic, payload, qos, retain=False)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # BEGIN itself may be what failed; keep its error
+                db.execute("ROLLBACK")
             raise
         return seq
 
@@ -82,7 +91,8 @@ class Outbox:
             self._insert(topic, payload, qos, retain)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # BEGIN itself may be what failed; keep its error
+                db.execute("ROLLBACK")
             raise
 
     def _insert(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
@@ -116,7 +126,8 @@ class Outbox:
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'acked'", (removed,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # BEGIN itself may be what failed; keep its error
+                db.execute("ROLLBACK")
             raise
 
     def pending_count(self) -> int:

@@ -29,6 +29,7 @@ class PoolStats:
     correct: int
     cpu_s: float
     batches: int
+    errors: int = 0
 
     @property
     def accuracy(self) -> float | None:
@@ -53,6 +54,8 @@ class WorkerPool:
         self._correct = 0
         self._cpu_s = 0.0
         self._batches = 0
+        self._errors = 0
+        self.last_error: str | None = None
         self._rate_mark = (time.monotonic(), 0.0)
         self._busy_cores = 0.0
         self._threads = [threading.Thread(target=self._work, args=(i,), name=f"worker-{i}",
@@ -81,7 +84,8 @@ class WorkerPool:
 
     def stats(self) -> PoolStats:
         with self._lock:
-            return PoolStats(self._inferences, self._correct, self._cpu_s, self._batches)
+            return PoolStats(self._inferences, self._correct, self._cpu_s, self._batches,
+                             self._errors)
 
     def busy_cores(self) -> float:
         """CPU-seconds per wall second spent on inference recently (0 .. max_workers)."""
@@ -94,6 +98,19 @@ class WorkerPool:
             return self._busy_cores
 
     def _work(self, index: int) -> None:
+        """Run batches while allowed; a failure is counted and the worker starts afresh after
+        a pause, so one bad batch or a model that fails to load never kills it silently."""
+        while not self._stopping:
+            try:
+                self._run_batches(index)
+                return
+            except Exception as exc:
+                with self._lock:
+                    self._errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self._wake.wait(timeout=1.0)
+
+    def _run_batches(self, index: int) -> None:
         classifier = self._make()
         n = len(self._samples)
         offset = (index * self.batch_size) % n
