@@ -38,7 +38,8 @@ def test_decode_a_capture_file(tmp_path: Path) -> None:
     assert lines[1]["cycles"] == 17 and lines[1]["battery_soc_pct"] == 81.5  # merged state
     assert all(line["driver"] == "vedirect" for line in lines)
     summary = result.stderr.decode()
-    assert "3 valid blocks" in summary and "1 invalid" in summary and "1 HEX" in summary
+    assert summary.startswith("3 valid, 1 invalid")
+    assert "blocks bad checksum 1" in summary and "hex frames 1" in summary
 
 
 def test_decode_reads_standard_input() -> None:

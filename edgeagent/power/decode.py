@@ -1,42 +1,82 @@
 """``edgeagent decode``: turn a captured byte stream into normalized readings, offline.
 
 Useful to check a capture from a site (``cat /dev/ttyUSB0 > capture.bin``) or a bug report. The
-readings' ``ts`` is the time of decoding: a raw capture carries no timestamps.
+readings' ``ts`` is the time of decoding: a raw capture carries no timestamps. Works for the
+protocols whose frames can be recognised in a stream: VE.Direct TEXT, and the responses of JBD
+and Daly BMSes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Protocol, TextIO
 
+from edgeagent.power import daly, jbd, vedirect
 from edgeagent.power.reading import Reading
-from edgeagent.power.vedirect import DecoderStats, VEDirectDecoder, VEDirectDevice
-
-STREAMING_DRIVERS = ("vedirect",)
 
 
-def decode_stream(chunks: Iterable[bytes], stats: DecoderStats | None = None
+class Stats(Protocol):
+    @property
+    def valid(self) -> int: ...
+
+    @property
+    def invalid(self) -> int: ...
+
+
+class StreamDecoder(Protocol):
+    @property
+    def stats(self) -> Stats: ...
+
+    def feed(self, data: bytes) -> list[Any]: ...
+
+
+class Device(Protocol):
+    def update(self, frame: Any, ts: float = 0.0) -> Reading: ...
+
+
+def _jbd_device(decoder: StreamDecoder) -> Device:
+    """The device counts implausible frames into its decoder's stats."""
+    assert isinstance(decoder, jbd.JBDDecoder)
+    return jbd.JBDDevice(stats=decoder.stats)
+
+
+def _daly_device(decoder: StreamDecoder) -> Device:
+    assert isinstance(decoder, daly.DalyDecoder)
+    return daly.DalyDevice(stats=decoder.stats)
+
+
+STREAMING: dict[str, tuple[Callable[[], StreamDecoder], Callable[[StreamDecoder], Device]]] = {
+    "vedirect": (vedirect.VEDirectDecoder, lambda _: vedirect.VEDirectDevice()),
+    "jbd": (jbd.JBDDecoder, _jbd_device),
+    "daly": (daly.DalyDecoder, _daly_device),
+}
+
+
+def decode_stream(driver: str, chunks: Iterable[bytes], stats: list[Stats] | None = None
                   ) -> Iterator[Reading]:
-    """One reading per valid block: the device's merged state after that block."""
-    decoder, device = VEDirectDecoder(), VEDirectDevice()
+    """One reading per valid frame or block: the device's merged state after it. The
+    decoder's counters are appended to ``stats`` so a caller can summarise the stream."""
+    make_decoder, make_device = STREAMING[driver]
+    decoder = make_decoder()
+    device = make_device(decoder)
     if stats is not None:
-        decoder.stats = stats
+        stats.append(decoder.stats)
     for chunk in chunks:
-        for block in decoder.feed(chunk):
-            yield device.update(block, ts=time.time())
+        for frame in decoder.feed(chunk):
+            yield device.update(frame, ts=time.time())
 
 
 def run_decode(driver: str, source: BinaryIO, out: TextIO, err: TextIO) -> int:
-    if driver not in STREAMING_DRIVERS:
+    if driver not in STREAMING:
         print(f"edgeagent decode: unknown or non-streaming driver {driver!r}; "
-              f"decode supports: {', '.join(STREAMING_DRIVERS)}", file=err)
+              f"decode supports: {', '.join(STREAMING)}", file=err)
         return 2
-    stats = DecoderStats()
     chunks = iter(lambda: source.read(65536), b"")
-    for reading in decode_stream(chunks, stats):
+    collected: list[Stats] = []
+    for reading in decode_stream(driver, chunks, collected):
         print(reading.to_json(), file=out)
-    print(f"{stats.blocks_ok} valid blocks, {stats.blocks_bad_checksum} invalid (checksum), "
-          f"{stats.corrupt} corrupt, {stats.hex_frames} HEX frames skipped, "
-          f"{stats.bytes} bytes", file=err)
+    stats = collected[0]
+    details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in vars(stats).items())
+    print(f"{stats.valid} valid, {stats.invalid} invalid ({details})", file=err)
     return 0

@@ -50,6 +50,14 @@ class DecoderStats:
     corrupt: int = 0
     bytes: int = 0
 
+    @property
+    def valid(self) -> int:
+        return self.blocks_ok
+
+    @property
+    def invalid(self) -> int:
+        return self.blocks_bad_checksum + self.corrupt + self.hex_bad
+
 
 # Decoder states. A block is only trusted when it starts right where the previous block (good or
 # bad) ended: starting at any CR LF after a loss of sync could take the tail of a damaged block
