@@ -39,8 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a config file")
     check.add_argument("path", type=Path, metavar="PATH")
 
+    read = sub.add_parser("read", help="read a real device and print normalized readings")
+    read.add_argument("--driver", required=True, help="vedirect, jbd, daly, epever or renogy")
+    read.add_argument("--port", required=True, metavar="P",
+                      help="serial port; prefer /dev/serial/by-id/...")
+    read.add_argument("--baud", type=int, metavar="N", help="default: the protocol's")
+    read.add_argument("--unit", type=int, default=1, metavar="N", help="Modbus unit id")
+    read.add_argument("--count", type=int, default=1, metavar="N")
+    read.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    read.add_argument("--json", action="store_true", help="one JSON object per line")
+
     decode = sub.add_parser("decode", help="decode a captured byte stream into readings")
-    decode.add_argument("--driver", required=True, help="vedirect")
+    decode.add_argument("--driver", required=True, help="vedirect, jbd or daly")
     decode.add_argument("file", nargs="?", type=Path, metavar="FILE",
                         help="capture file (default: standard input)")
     return p
@@ -92,6 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{exc.source}: {issue}", file=sys.stderr)
             return EXIT_INVALID
         return run_service(config)
+    if args.command == "read":
+        from edgeagent.power.read import ReadOptions, run_read
+
+        if args.count < 1 or args.timeout <= 0:
+            print("edgeagent read: --count and --timeout must be positive", file=sys.stderr)
+            return EXIT_INVALID
+        return run_read(ReadOptions(args.driver, args.port, args.baud, args.unit, args.count,
+                                    args.timeout), args.json, sys.stdout, sys.stderr)
     if args.command == "decode":
         from edgeagent.power.decode import run_decode
 
