@@ -21,13 +21,23 @@ from edgeagent.workloads.pool import WorkerPool
 
 
 class PowerSource(Protocol):
-    """What the loop needs from a driver: its latest reading and when it was valid."""
+    """A device input, like a Telegraf input plugin: started and stopped with the agent, it
+    offers its latest reading, when that was valid, and its health counters."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
     @property
     def latest(self) -> Reading | None: ...
 
     @property
     def last_valid_monotonic(self) -> float | None: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def counters(self) -> dict[str, int]: ...
 
 
 class Agent:
@@ -110,6 +120,7 @@ class Agent:
                 "reason": decision.reason},
             "workload": {"inferences": stats.inferences, "cpu_s": round(stats.cpu_s, 3),
                          "j_per_inference": self.joules_per_inference()},
+            "devices": {s.name: s.counters() for s in self.sources},
             "outbox": {"pending": self.outbox.pending_count(), "dropped": self.outbox.dropped,
                        "errors": self.outbox_errors,
                        "rejected": 0 if self.link is None else len(self.link.rejected)},

@@ -17,7 +17,7 @@ from edgeagent import tomlfile
 from edgeagent.boards import BoardProfile, available_boards, load_board
 from edgeagent.telemetry.address import BrokerAddress
 
-Driver = Literal["vedirect"]
+Driver = Literal["vedirect", "jbd", "daly", "epever", "renogy"]
 TOPIC_LEVEL = r"^[A-Za-z0-9_-]+$"
 
 
@@ -45,7 +45,10 @@ class SiteConfig(Section):
 class PowerDevice(Section):
     driver: Driver = "vedirect"
     port: str = Field(description="serial port; prefer a stable /dev/serial/by-id/... name")
-    baud: int = Field(default=19200, gt=0)
+    baud: int | None = Field(default=None, gt=0, description="default: the protocol's own")
+    unit: int = Field(default=1, ge=1, le=247, description="Modbus unit id (epever, renogy)")
+    poll_interval_s: float = Field(default=2.0, gt=0, le=3600,
+                                   description="how often polled devices are asked")
 
 
 class PowerConfig(Section):

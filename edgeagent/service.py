@@ -13,13 +13,23 @@ import threading
 from types import FrameType
 from typing import TextIO
 
-from edgeagent.agent import Agent
-from edgeagent.config import Config
+from edgeagent.agent import Agent, PowerSource
+from edgeagent.config import Config, PowerDevice
 from edgeagent.infer import DigitsClassifier, Variant, load_bundled_samples
+from edgeagent.power.poller import PolledReader
+from edgeagent.power.read import open_poller
 from edgeagent.power.reader import SerialReader
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox, OutboxError
 from edgeagent.workloads.pool import WorkerPool
+
+
+def device_reader(device: PowerDevice) -> PowerSource:
+    """Streaming devices are listened to; the others are polled at their interval."""
+    if device.driver == "vedirect":
+        return SerialReader(device.port, baud=device.baud)
+    return PolledReader(lambda: open_poller(device.driver, device.port, device.baud, device.unit),
+                        name=device.port, interval_s=device.poll_interval_s)
 
 
 def run_service(config: Config, out: TextIO = sys.stderr) -> int:
@@ -30,7 +40,7 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
     pool = WorkerPool(lambda: DigitsClassifier.bundled(variant, threads=threads), samples, labels,
                       max_workers=config.governor.max_workers,
                       batch_size=config.workload.batch_size)
-    readers = [SerialReader(d.port, baud=d.baud) for d in config.power.devices]
+    readers = [device_reader(d) for d in config.power.devices]
     tel = config.telemetry
     topics = Topics(tel.topic_root, config.site.id, config.site.node)
     try:

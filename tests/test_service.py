@@ -87,3 +87,40 @@ def test_run_with_an_unusable_outbox_path_is_a_clear_error(tmp_path: Path) -> No
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "cannot open the outbox" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_polls_a_modbus_charger_and_reports_device_counters(
+        broker: Broker, subscriber_factory: Any, tmp_path: Path) -> None:
+    from test_modbus import epever_tables
+
+    from rtu_responder import RtuResponder
+
+    with RtuResponder(epever_tables(-250)) as device:
+        config = tmp_path / "edgeagent.toml"
+        config.write_text(f"""
+[site]
+id = "s1"
+node = "n1"
+[[power.devices]]
+driver = "epever"
+port = "{device.port}"
+poll_interval_s = 0.2
+[governor]
+tick_s = 0.2
+[telemetry]
+broker = "{broker.url}"
+interval_s = 0.2
+outbox_path = "{tmp_path / 'outbox.db'}"
+""")
+        sub = subscriber_factory("edgeagent/s1/n1/telemetry")
+        proc = subprocess.Popen([*edgeagent_command(), "run", "--config", str(config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            body = sub.wait_for("edgeagent/s1/n1/telemetry",
+                                lambda m: m["devices"][device.port]["valid"] >= 2, timeout=60)
+            assert body["power"]["battery_soc_pct"] == 87.0
+            assert body["power"]["battery_current_a"] == -2.5
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
+from edgeagent.power.poller import PollError
 from edgeagent.power.reading import Reading
 
 Registers = Sequence[int]
@@ -112,12 +113,12 @@ MODBUS_DRIVERS: dict[str, tuple[int, dict[int, int],
 }
 
 
-class ModbusReadError(Exception):
+class ModbusReadError(PollError):
     """No valid answer (timeout, CRC, exception response): the caller marks data stale."""
 
 
 class ModbusCharger:
-    """One controller on a serial port; ``read()`` polls it once and returns a reading."""
+    """One controller on a serial port; ``poll()`` reads it once and returns a reading."""
 
     def __init__(self, driver: str, port: str, *, unit: int = 1, baud: int | None = None,
                  timeout_s: float = 1.0, retries: int = 2) -> None:
@@ -148,7 +149,7 @@ class ModbusCharger:
             raise ModbusReadError(f"{self.port}: 0x{address:04X}: short answer {registers}")
         return registers[:count]
 
-    def read(self) -> Reading:
+    def poll(self) -> Reading:
         if not self.client.connected and not self.client.connect():
             raise ModbusReadError(f"{self.port}: cannot open the port")
         blocks = {a: self._read_block(a, n) for a, n in self.blocks.items()}

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Reading(BaseModel):
+    """What every driver produces. Frozen so a snapshot handed to the governor cannot change;
+    ``extra="forbid"`` so a misspelt field fails in tests instead of vanishing."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ts: float
@@ -47,7 +50,9 @@ class Reading(BaseModel):
     remaining_ah: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The contract's JSON object: unknown fields are left out, never sent as 0 or null."""
         return self.model_dump(exclude_none=True)
 
     def to_json(self) -> str:
+        """One compact JSON line (``edgeagent read --json``, ``decode``, telemetry)."""
         return json.dumps(self.to_dict(), separators=(",", ":"))

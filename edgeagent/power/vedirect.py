@@ -4,8 +4,10 @@ Framing (research/serial-protocols.md §1.2, §1.5): each field is ``\\r\\n<labe
 block ends with ``Checksum\\t<byte>`` and the bytes of the whole block sum to 0 mod 256. The
 checksum byte is data even when it is ``:``, ``\\r``, ``\\n``, ``\\t`` or 0x00. Asynchronous HEX
 frames (``:`` ... ``\\n``) can appear anywhere else, even inside a block: they are skipped,
-bounded, and kept out of the TEXT checksum. A non-printable byte outside the checksum byte is
-corruption: the block is dropped whole and the decoder hunts for the next field start.
+bounded (100 bytes, or the first byte that is not a hex digit), checked with the 0x55 rule, and
+kept out of the TEXT checksum. A non-printable byte outside the checksum byte, or an invalid HEX
+frame, is corruption: the block is dropped whole and the decoder hunts for the next block end
+(``Checksum\\t<byte>``), so the first block it accepts afterwards is a whole one.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class DecoderStats:
 # for a whole one, and a tail passes the additive checksum one time in 256.
 _HUNT, _TRAILER, _BOUNDARY, _LABEL, _VALUE, _CHECKSUM = range(6)
 _CHECKSUM_LABEL = b"Checksum\t"
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 
 
 class VEDirectDecoder:
@@ -104,6 +107,8 @@ class VEDirectDecoder:
         self.resync()
 
     def feed(self, data: bytes) -> list[dict[str, str]]:
+        """Consume ``data`` (any split of the stream); return the blocks completed in it that
+        passed their checksum, each as ``{label: value}`` in the order sent."""
         blocks: list[dict[str, str]] = []
         self.stats.bytes += len(data)
         for byte in data:
@@ -115,8 +120,7 @@ class VEDirectDecoder:
     def _byte(self, b: int) -> dict[str, str] | None:
         state = self._state
         if self._in_hex:
-            self._hex_byte(b)
-            return None
+            return self._hex_byte(b)
         if state == _CHECKSUM:
             return self._end_block(b)
         if state == _TRAILER:  # the checksum byte of a block we only hunted through
@@ -173,21 +177,32 @@ class VEDirectDecoder:
             self._value.append(b)
         return None
 
-    def _hex_byte(self, b: int) -> None:
+    def _hex_byte(self, b: int) -> dict[str, str] | None:
         if b == 0x0A:
             self._in_hex = False
             if _valid_hex_frame(self._hex):
                 self.stats.hex_frames += 1
             else:  # most likely a bit error turned a byte into ':'; never trust the block
-                self.stats.hex_bad += 1
-                if self._state != _HUNT:
-                    self._corrupt()
-        elif len(self._hex) >= MAX_HEX:  # an unterminated frame must not swallow the line
+                self._bad_hex()
+            return None
+        if b not in _HEX_DIGITS:
+            # A HEX frame holds only hex digits: a lost or damaged terminator (OpenDTU-OnBattery
+            # #1585 saw 0xFE) ends it here instead of swallowing the TEXT behind it. The byte is
+            # then looked at again as TEXT, in the hunt state.
             self._in_hex = False
-            self.stats.hex_bad += 1
+            self._bad_hex()
+            return self._byte(b)
+        if len(self._hex) >= MAX_HEX:  # an unterminated frame must not swallow the line
+            self._in_hex = False
+            self._bad_hex()
+            return None
+        self._hex.append(b)
+        return None
+
+    def _bad_hex(self) -> None:
+        self.stats.hex_bad += 1
+        if self._state != _HUNT:
             self._corrupt()
-        else:
-            self._hex.append(b)
 
     def _enter_boundary(self) -> None:
         self._clear_block()
@@ -259,9 +274,18 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
                      device_id: str | None = None) -> Reading:
     """Map VE.Direct labels to the normalized reading; values that do not parse are absent.
 
-    Conventions: ``battery_power_w`` is the device's ``P``, else V x I when both are known;
-    ``pv_current_a`` is PPV / VPV; ``consumed_ah`` is positive (Victron sends CE as <= 0);
-    TTG -1 (infinite: not discharging) is absent.
+    Only what the device reports, in SI units, with these documented exceptions:
+
+    - ``battery_power_w`` is the device's ``P``; an MPPT sends no ``P``, so it is V x I when
+      both are known (the governor needs battery power from either kind of device);
+    - ``pv_current_a`` is PPV / VPV when VPV > 0 (VE.Direct TEXT has no panel current);
+    - the load output of a Victron MPPT is the battery switched through, so with ``IL``
+      ``load_voltage_v`` is V (unless ``LOAD`` is OFF) and ``load_power_w`` is V x IL;
+    - ``consumed_ah`` is positive Ah taken out of the battery (Victron sends ``CE`` <= 0);
+    - ``TTG`` -1 means infinite (not discharging): absent, never a number;
+    - ``FW`` stays a string ("0308" is v3.08 on a BMV, "159" v1.59 on an MPPT);
+    - ``device_id`` is ``SER#``, else the given one (a SmartShunt has no ``SER#``: the caller
+      passes the port's stable name).
     """
     volts = _scaled(fields, "V", 1000)
     amps = _scaled(fields, "I", 1000)
@@ -270,11 +294,12 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
         power = round(volts * amps, 3)
     pv_v = _scaled(fields, "VPV", 1000)
     pv_w = _scaled(fields, "PPV")
-    pv_a = round(pv_w / pv_v, 3) if pv_w is not None and pv_v else None
+    pv_a = round(pv_w / pv_v, 3) if pv_w is not None and pv_v is not None and pv_v > 0 else None
     soc = _scaled(fields, "SOC", 10)
     ttg = _int(fields, "TTG")
     ce = _scaled(fields, "CE", 1000)
     load_a = _scaled(fields, "IL", 1000)
+    load_on = _on_off(fields, "LOAD")
     cs = _int(fields, "CS")
     pid = _int(fields, "PID")
     return Reading(
@@ -289,10 +314,10 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
         consumed_ah=None if ce is None else abs(ce),
         pv_voltage_v=pv_v, pv_current_a=pv_a, pv_power_w=pv_w,
         load_current_a=load_a,
-        load_voltage_v=volts if load_a is not None else None,
+        load_voltage_v=volts if load_a is not None and load_on is not False else None,
         load_power_w=round(volts * load_a, 3) if load_a is not None and volts is not None
         else None,
-        load_on=_on_off(fields, "LOAD"),
+        load_on=load_on,
         charger_state=None if cs is None else CHARGER_STATES.get(cs, f"unknown_{cs}"),
         error_code=_int(fields, "ERR"),
         yield_total_kwh=_scaled(fields, "H19", 100),
@@ -305,14 +330,25 @@ def block_to_reading(fields: Mapping[str, str], ts: float,
     )
 
 
+_IDENTITY = ("PID", "SER#")
+
+
 class VEDirectDevice:
     """One device's state, merged across blocks: a BMV or SmartShunt sends a live block and a
-    history block every second, and both together make its state."""
+    history block every second, and both together make its state.
+
+    A block that names another device (a different ``PID`` or ``SER#``: the cable was moved to
+    another product) starts a fresh state, so two devices' fields are never mixed.
+    """
 
     def __init__(self, device_id: str | None = None) -> None:
         self.device_id = device_id
         self.fields: dict[str, str] = {}
 
     def update(self, block: Mapping[str, str], ts: float = 0.0) -> Reading:
+        """Merge ``block`` into the state; return the whole state as a reading stamped ``ts``."""
+        if any(label in block and label in self.fields and block[label] != self.fields[label]
+               for label in _IDENTITY):
+            self.fields = {}
         self.fields.update(block)
         return block_to_reading(self.fields, ts, self.device_id)

@@ -1,0 +1,138 @@
+"""Polled devices (BMSes, Modbus chargers): ask, wait for the answer, and never raise.
+
+``BmsClient`` speaks the JBD and Daly request/response protocols over pyserial; the Modbus
+chargers use ``ModbusCharger``. ``PolledReader`` runs any of them in a thread at a fixed
+interval, with the same ``latest`` / ``last_valid_monotonic`` face as the streaming reader, so
+the agent treats every device alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import serial
+
+from edgeagent.power import daly, jbd
+from edgeagent.power.reading import Reading
+
+ANSWER_TIMEOUT_S = 0.5
+
+
+class PollError(Exception):
+    """The device did not answer every request with a valid frame."""
+
+
+class Poller(Protocol):
+    def poll(self) -> Reading: ...
+
+    def close(self) -> None: ...
+
+
+class BmsClient:
+    """One JBD or Daly BMS on a serial port; ``poll()`` asks for each register once."""
+
+    def __init__(self, driver: str, port: str, baud: int | None = None) -> None:
+        if driver not in ("jbd", "daly"):
+            raise ValueError(f"{driver!r} is not a polled BMS driver (jbd, daly)")
+        self.driver = driver
+        self.port = serial.Serial(port, baud or 9600, timeout=0.05, exclusive=True)
+        self.jbd_decoder = jbd.JBDDecoder()
+        self.jbd_device = jbd.JBDDevice(device_id=port, stats=self.jbd_decoder.stats)
+        self.daly_decoder = daly.DalyDecoder()
+        self.daly_device = daly.DalyDevice(device_id=port, stats=self.daly_decoder.stats)
+        if driver == "jbd":
+            self.requests = [jbd.encode_request(r) for r in (jbd.BASIC_INFO, jbd.CELL_VOLTAGES)]
+        else:
+            self.requests = [daly.encode_request(i) for i in (
+                daly.SOC, daly.TEMPERATURE_RANGE, daly.MOSFET, daly.STATUS, daly.CELL_VOLTAGES)]
+
+    def close(self) -> None:
+        self.port.close()
+
+    def _ask(self, request: bytes) -> Reading | None:
+        self.port.reset_input_buffer()  # a late answer to an earlier request must not count
+        self.port.write(request)
+        until = time.monotonic() + ANSWER_TIMEOUT_S
+        while time.monotonic() < until:
+            data = self.port.read(max(self.port.in_waiting, 1))
+            if self.driver == "jbd":
+                for jframe in self.jbd_decoder.feed(data):
+                    return self.jbd_device.update(jframe, ts=time.time())
+            else:
+                for dframe in self.daly_decoder.feed(data):
+                    return self.daly_device.update(dframe, ts=time.time())
+        return None
+
+    def poll(self) -> Reading:
+        reading = None
+        for request in self.requests:
+            reading = self._ask(request)
+            if reading is None:
+                raise PollError(f"{self.port.port}: no valid answer to {request.hex(' ')}")
+        assert reading is not None
+        return reading
+
+
+class PolledReader:
+    """Polls a device every ``interval_s`` in a thread; errors become counters and a reopen."""
+
+    def __init__(self, open_device: Callable[[], Poller], *, name: str,
+                 interval_s: float = 2.0, max_backoff_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.open_device = open_device
+        self.name = name
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+        self.latest: Reading | None = None
+        self.last_valid_monotonic: float | None = None
+        self.polls_ok = 0
+        self.polls_failed = 0
+        self.reopens = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"poll {name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def counters(self) -> dict[str, int]:
+        return {"valid": self.polls_ok, "invalid": self.polls_failed, "reopens": self.reopens}
+
+    def _run(self) -> None:
+        backoff = self.interval_s
+        while not self._stop.is_set():
+            device: Poller | None = None
+            try:
+                device = self.open_device()
+                while not self._stop.is_set():
+                    try:
+                        reading = device.poll()
+                    except PollError as exc:  # a missed answer: count it, keep the port
+                        self.polls_failed += 1
+                        self.last_error = str(exc)
+                    else:
+                        self.latest = reading
+                        self.last_valid_monotonic = self.clock()
+                        self.polls_ok += 1
+                        backoff = self.interval_s
+                    self._stop.wait(self.interval_s)
+            except Exception as exc:  # the port vanished or cannot be opened: reopen later
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.reopens += 1
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            finally:
+                if device is not None:
+                    try:
+                        device.close()
+                    except Exception:  # closing a vanished port may fail too
+                        self.last_error = self.last_error or "close failed"
