@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import string
 
 import pytest
+from pydantic import ValidationError
 
-from edgeagent.power.vedirect import VEDirectDecoder, VEDirectDevice, block_to_reading, encode_block
+from edgeagent.power.decode import decode_stream, run_decode
+from edgeagent.power.reading import Reading
+from edgeagent.power.vedirect import (
+    MAX_FIELDS,
+    MAX_VALUE,
+    VEDirectDecoder,
+    VEDirectDevice,
+    block_to_reading,
+    encode_block,
+)
 
 MPPT = [("PID", "0xA053"), ("FW", "159"), ("SER#", "HQ2132ABCDE"), ("V", "13250"), ("I", "1200"),
         ("VPV", "17500"), ("PPV", "16"), ("CS", "3"), ("MPPT", "2"), ("OR", "0x00000000"),
@@ -37,6 +49,67 @@ LEAD_IN = b"\r\nChecksum\t\x42"
 def decode(data: bytes) -> tuple[VEDirectDecoder, list[dict[str, str]]]:
     decoder = VEDirectDecoder()
     return decoder, decoder.feed(LEAD_IN + data)
+
+
+# Real captures from karioja/vedirect (test/bvm702.dump, test/smartsolar_1.39.dump,
+# test/bluesolar_1.23.dump), written out by hand with their CR LF line ends and raw checksum
+# bytes: a BMV-700 live block ('q'), its history block (0xBC), a SmartSolar 100/20 (0xE4), and a
+# BlueSolar 75/15 block (0xB9) followed by an async HEX history record (register 0x1050).
+REAL_BMV_LIVE = (b"\r\nPID\t0x203\r\nV\t12065\r\nI\t-7625\r\nP\t-92\r\nCE\t-65473"
+                 b"\r\nSOC\t839\r\nTTG\t942\r\nAlarm\tOFF\r\nRelay\tOFF\r\nAR\t0\r\nBMV\t700"
+                 b"\r\nFW\t0308\r\nChecksum\tq")
+REAL_BMV_HISTORY = (b"\r\nH1\t-149322\r\nH2\t-82854\r\nH3\t0\r\nH4\t0\r\nH5\t0"
+                    b"\r\nH6\t-5526294\r\nH7\t11733\r\nH8\t16161\r\nH9\t368003\r\nH10\t26"
+                    b"\r\nH11\t0\r\nH12\t0\r\nH17\t6843\r\nH18\t8527\r\nChecksum\t\xbc")
+REAL_SMARTSOLAR = (b"\r\nPID\t0xA05F\r\nFW\t139\r\nSER#\tHQ18486U2B4\r\nV\t12810\r\nI\t-10"
+                   b"\r\nVPV\t10\r\nPPV\t0\r\nCS\t0\r\nMPPT\t0\r\nERR\t0\r\nLOAD\tON\r\nIL\t0"
+                   b"\r\nH19\t0\r\nH20\t0\r\nH21\t0\r\nH22\t0\r\nH23\t0\r\nHSDS\t0"
+                   b"\r\nChecksum\t\xe4")
+REAL_BLUESOLAR_WITH_HEX = (
+    b"\r\nPID\t0xA042\r\nFW\t123\r\nSER#\tHQ1411MYIKN\r\nV\t12530\r\nI\t340\r\nVPV\t38300"
+    b"\r\nPPV\t5\r\nCS\t3\r\nERR\t0\r\nLOAD\tON\r\nIL\t0\r\nH19\t8272\r\nH20\t0\r\nH21\t11"
+    b"\r\nH22\t25\r\nH23\t119\r\nHSDS\t274\r\nChecksum\t\xb9"
+    b":A501000000000000000000000ED04C6040000000000C200000000000B0000000900D20D120168\n")
+
+
+def test_real_captures_pass_their_checksums_and_decode() -> None:
+    for raw in (REAL_BMV_LIVE, REAL_BMV_HISTORY, REAL_SMARTSOLAR):
+        assert sum(raw) % 256 == 0
+    decoder, blocks = decode(REAL_BMV_LIVE + REAL_BMV_HISTORY + REAL_SMARTSOLAR
+                             + REAL_BLUESOLAR_WITH_HEX + REAL_SMARTSOLAR)
+    assert [b.get("PID") for b in blocks] == ["0x203", None, "0xA05F", "0xA042", "0xA05F"]
+    assert decoder.stats.blocks_ok == 5 and decoder.stats.blocks_bad_checksum == 0
+    assert decoder.stats.hex_frames == 1 and decoder.stats.corrupt == 0
+    assert blocks[0]["FW"] == "0308" and blocks[1]["H18"] == "8527"
+    # our encoder produces byte for byte what the devices sent
+    assert encode_block(list(blocks[0].items())) == REAL_BMV_LIVE
+    assert encode_block(list(blocks[2].items())) == REAL_SMARTSOLAR
+
+
+def test_real_bmv_blocks_merge_into_the_normalized_state() -> None:
+    device = VEDirectDevice(device_id="/dev/serial/by-id/bmv")
+    decoder = VEDirectDecoder()
+    readings = [device.update(b, ts=12.5) for b in decoder.feed(LEAD_IN + REAL_BMV_LIVE
+                                                                 + REAL_BMV_HISTORY)]
+    r = readings[-1]
+    assert r.to_dict() == {
+        "ts": 12.5, "driver": "vedirect", "device_id": "/dev/serial/by-id/bmv",
+        "product": "BMV-700", "firmware": "0308", "battery_voltage_v": 12.065,
+        "battery_current_a": -7.625, "battery_power_w": -92.0, "battery_soc_pct": 83.9,
+        "time_to_go_min": 942.0, "consumed_ah": 65.473, "cycles": 0,
+        "discharged_kwh": 68.43, "charged_kwh": 85.27,
+    }
+
+
+def test_a_hand_written_block_has_the_checksum_the_protocol_gives() -> None:
+    # Worked out by hand: "\r\n" 23, "V" 86, "\t" 9, "12800" 49+50+56+48+48 = 251, "\r\n" 23,
+    # "Checksum" 67+104+101+99+107+115+117+109 = 819, "\t" 9: total 1220 = 4*256 + 196,
+    # so the checksum byte is 256 - 196 = 60 ('<').
+    raw = b"\r\nV\t12800\r\nChecksum\t<"
+    assert sum(raw) % 256 == 0
+    assert encode_block([("V", "12800")]) == raw
+    assert decode(raw)[1] == [{"V": "12800"}]
+    assert decode(raw[:-1] + b"=")[1] == []
 
 
 def test_a_valid_block_sums_to_zero_and_decodes() -> None:
@@ -107,6 +180,27 @@ def test_a_runaway_hex_frame_is_bounded() -> None:
     decoder, blocks = decode(b":" + b"A" * 500 + encode_block(MPPT) + encode_block(MPPT))
     assert blocks  # the decoder came back to TEXT instead of swallowing it for ever
     assert decoder.stats.corrupt >= 1
+
+
+def test_a_hex_frame_with_a_lost_terminator_does_not_swallow_the_next_block() -> None:
+    # The 0xFE that OpenDTU-OnBattery #1585 saw instead of '\n': the frame ends at the first byte
+    # that cannot be in a HEX frame, counts as bad, and the decoder is back in step at the next
+    # block end, so only the block right after it is spent.
+    short = encode_block([("V", "12800"), ("I", "100")])
+    stream = encode_block(MPPT) + b":A0102000543\xfe" + short + encode_block(BMV_LIVE)
+    decoder, blocks = decode(stream)
+    assert blocks == [dict(MPPT), dict(BMV_LIVE)]  # `short` only puts the decoder back in step
+    assert decoder.stats.hex_bad == 1 and decoder.stats.hex_frames == 0
+
+
+def test_caps_on_value_length_and_field_count_drop_the_block() -> None:
+    fields = [(f"H{i}", "1") for i in range(MAX_FIELDS)]
+    assert decode(encode_block(fields))[1] == [dict(fields)]  # the cap itself is allowed
+    for oversized in ([*fields, ("X", "1")], [("SER#", "9" * (MAX_VALUE + 1))],
+                      [("LONGLABEL1", "1")]):
+        decoder, blocks = decode(encode_block(oversized) + encode_block(MPPT))
+        assert blocks == [dict(MPPT)], oversized
+        assert decoder.stats.corrupt == 1
 
 
 def test_a_corrupt_byte_drops_the_block_and_the_next_one_decodes() -> None:
@@ -197,3 +291,76 @@ def test_unknown_labels_and_unparsable_values_are_ignored() -> None:
     r = block_to_reading({"V": "abc", "NEWFIELD": "1", "CS": "99", "PID": "0xBEEF"}, ts=0)
     assert r.battery_voltage_v is None
     assert r.charger_state == "unknown_99" and r.product == "0xBEEF"
+
+
+def test_another_device_on_the_port_starts_a_fresh_state() -> None:
+    device = VEDirectDevice()
+    device.update(dict(BMV_LIVE))
+    device.update(dict(BMV_HISTORY))
+    r = device.update(dict(MPPT))  # the cable was moved from the BMV to the MPPT
+    assert r.product == "SmartSolar MPPT 75/15"
+    assert r.cycles is None and r.battery_soc_pct is None and r.consumed_ah is None
+
+
+def test_load_and_pv_derivations_only_when_they_mean_something() -> None:
+    night = dict(MPPT, VPV="0", PPV="0", LOAD="OFF", IL="0")
+    r = block_to_reading(night, ts=0)
+    assert r.pv_voltage_v == 0 and r.pv_power_w == 0
+    assert r.pv_current_a is None  # 0 W / 0 V: not a current
+    assert r.load_on is False and r.load_current_a == 0 and r.load_power_w == 0
+    assert r.load_voltage_v is None  # the output is switched off: not the battery voltage
+    day = block_to_reading(dict(MPPT), ts=0)
+    assert day.load_voltage_v == pytest.approx(13.25)
+    assert day.load_power_w == pytest.approx(13.25 * 0.3)
+
+
+def test_every_charger_state_has_lower_case_words() -> None:
+    names = {cs: block_to_reading({"CS": str(cs)}, ts=0).charger_state
+             for cs in (0, 1, 2, 3, 4, 5, 6, 7, 9, 11, 245, 246, 247, 248, 252)}
+    assert names == {0: "off", 1: "low_power", 2: "fault", 3: "bulk", 4: "absorption",
+                     5: "float", 6: "storage", 7: "equalize", 9: "inverting",
+                     11: "power_supply", 245: "starting_up", 246: "repeated_absorption",
+                     247: "auto_equalize", 248: "battery_safe", 252: "external_control"}
+
+
+def test_temperature_error_and_unknown_pid() -> None:
+    r = block_to_reading({"T": "23", "ERR": "33", "PID": "0xA999", "TTG": "90"}, ts=0)
+    assert r.battery_temp_c == 23 and r.error_code == 33
+    assert r.product == "0xA999" and r.time_to_go_min == 90
+    assert block_to_reading({"T": "---"}, ts=0).battery_temp_c is None  # no sensor fitted
+
+
+def test_the_reading_is_the_design_contract() -> None:
+    r = Reading(ts=1.5, driver="vedirect", battery_soc_pct=50.0)
+    assert r.to_dict() == {"ts": 1.5, "driver": "vedirect", "battery_soc_pct": 50.0}
+    assert json.loads(r.to_json()) == r.to_dict()
+    with pytest.raises(ValidationError):
+        Reading(ts=0, driver="x", battery_soc=50)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        r.battery_soc_pct = 10.0  # frozen: a snapshot cannot change under the governor
+    assert set(Reading.model_fields) == {
+        "ts", "driver", "device_id", "product", "firmware", "battery_voltage_v",
+        "battery_current_a", "battery_power_w", "battery_soc_pct", "battery_temp_c",
+        "time_to_go_min", "consumed_ah", "pv_voltage_v", "pv_current_a", "pv_power_w",
+        "load_voltage_v", "load_current_a", "load_power_w", "load_on", "charger_state",
+        "error_code", "yield_today_kwh", "yield_yesterday_kwh", "yield_total_kwh",
+        "max_power_today_w", "charged_kwh", "discharged_kwh", "cell_voltages_v", "cycles",
+        "capacity_ah", "remaining_ah"}
+
+
+def test_decode_stream_and_run_decode_in_process() -> None:
+    stream = LEAD_IN + REAL_BMV_LIVE + REAL_BMV_HISTORY + b"\x80noise" + REAL_BMV_LIVE
+    chunks = [stream[i:i + 7] for i in range(0, len(stream), 7)]
+    readings = list(decode_stream(chunks, "vedirect", clock=lambda: 42.0))
+    assert len(readings) == 2 and readings[1].cycles == 0 and readings[1].ts == 42.0
+    out, err = io.StringIO(), io.StringIO()
+    assert run_decode("vedirect", io.BytesIO(stream), out, err) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["battery_soc_pct"] for line in lines] == [83.9, 83.9]
+    assert err.getvalue().startswith("2 valid, 1 invalid (blocks ok 2, ")
+    assert "corrupt 1" in err.getvalue()
+    err = io.StringIO()
+    assert run_decode("epever", io.BytesIO(b""), io.StringIO(), err) == 2
+    assert "vedirect" in err.getvalue()
+    with pytest.raises(ValueError):
+        list(decode_stream([b""], "nope"))

@@ -36,7 +36,7 @@ class SerialReader:
     ``min_backoff_s`` to ``max_backoff_s`` and drops back once data flows again.
     """
 
-    def __init__(self, port: str, *, baud: int = 19200,
+    def __init__(self, port: str, *, baud: int | None = None,
                  on_reading: Callable[[Reading], None] | None = None,
                  min_backoff_s: float = 0.5, max_backoff_s: float = 30.0,
                  read_timeout_s: float = 0.5, exclusive: bool = True,
@@ -44,7 +44,8 @@ class SerialReader:
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.port = port
-        self.baud = baud
+        self.name = port
+        self.baud = baud or 19200  # VE.Direct is 19200 8N1 on every product
         self.on_reading = on_reading
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -70,6 +71,19 @@ class SerialReader:
     def stats(self) -> DecoderStats:
         """The decoder's line-health counters (valid and bad blocks, HEX frames, corruption)."""
         return self.decoder.stats
+
+    @property
+    def running(self) -> bool:
+        """The reading thread is alive (it only ends through ``stop``)."""
+        return self._thread.is_alive()
+
+    def counters(self) -> dict[str, int]:
+        """Health counters for telemetry, with the same ``valid``/``invalid``/``reopens`` keys as
+        the polled readers."""
+        s = self.stats
+        return {"valid": s.valid, "invalid": s.invalid, "reopens": self.reopens,
+                "hex_frames": s.hex_frames, "corrupt": s.corrupt,
+                "callback_errors": self.callback_errors}
 
     def start(self) -> None:
         self._thread.start()
