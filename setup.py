@@ -7,10 +7,26 @@ folder is mapped into the package as ``edgeagent.board_profiles``.
 import os
 
 from setuptools import Extension, find_namespace_packages, setup
+from setuptools.command.build_ext import build_ext
 
 # Flags from our measurements (research/quantized-inference.md §4.1): branch-free loops only
 # vectorize with these. The kernels handle NaN and inf explicitly before any arithmetic.
 KERNEL_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+
+
+class BuildExtNoStale(build_ext):
+    """When an optional extension fails to build, delete the binary an earlier build left in
+    build/: setuptools would otherwise package that stale file, so a compiler-less install
+    reports COMPILED = True with kernels that may not match the current source."""
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception:
+            stale = self.get_ext_fullpath(ext.name)
+            if ext.optional and os.path.exists(stale):
+                os.remove(stale)
+            raise
 
 
 def kernel_extensions() -> list[Extension]:
@@ -42,4 +58,5 @@ setup(
         "edgeagent.sim.data": ["*.csv", "*.md"],
     },
     ext_modules=kernel_extensions(),
+    cmdclass={"build_ext": BuildExtNoStale},
 )
