@@ -8,36 +8,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 from edgeagent.boards import BoardProfile
 from edgeagent.config import BatteryConfig, GovernorConfig
 from edgeagent.governor import Decision, decide
-from edgeagent.power.reading import Reading
+from edgeagent.power.source import PowerSource
 from edgeagent.state import SiteState
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
 from edgeagent.workloads.pool import WorkerPool
-
-
-class PowerSource(Protocol):
-    """A device input, like a Telegraf input plugin: started and stopped with the agent, it
-    offers its latest reading, when that was valid, and its health counters."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    @property
-    def latest(self) -> Reading | None: ...
-
-    @property
-    def last_valid_monotonic(self) -> float | None: ...
-
-    @property
-    def name(self) -> str: ...
-
-    def counters(self) -> dict[str, int]: ...
 
 
 class Agent:
@@ -108,6 +88,13 @@ class Agent:
             return None
         return stats.cpu_s * self.board.watts_per_core / stats.inferences
 
+    @staticmethod
+    def _device_health(source: PowerSource) -> dict[str, Any]:
+        """Counters per configured port, with the identity of the device answering on it."""
+        latest = source.latest
+        return {**source.counters(),
+                "device_id": None if latest is None else latest.device_id}
+
     def telemetry(self) -> dict[str, Any]:
         stats = self.pool.stats()
         decision = self.decision
@@ -120,7 +107,7 @@ class Agent:
                 "reason": decision.reason},
             "workload": {"inferences": stats.inferences, "cpu_s": round(stats.cpu_s, 3),
                          "j_per_inference": self.joules_per_inference()},
-            "devices": {s.name: s.counters() for s in self.sources},
+            "devices": {s.name: self._device_health(s) for s in self.sources},
             "outbox": {"pending": self.outbox.pending_count(), "dropped": self.outbox.dropped,
                        "errors": self.outbox_errors,
                        "rejected": 0 if self.link is None else len(self.link.rejected)},

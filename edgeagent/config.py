@@ -49,6 +49,10 @@ class PowerDevice(Section):
     unit: int = Field(default=1, ge=1, le=247, description="Modbus unit id (epever, renogy)")
     poll_interval_s: float = Field(default=2.0, gt=0, le=3600,
                                    description="how often polled devices are asked")
+    serial: str | None = Field(
+        default=None, min_length=1,
+        description="the device's serial number (VE.Direct SER#, Renogy serial register): "
+                    "readings from any other device on this port are not believed")
 
 
 class PowerConfig(Section):

@@ -13,23 +13,29 @@ import threading
 from types import FrameType
 from typing import TextIO
 
-from edgeagent.agent import Agent, PowerSource
+from edgeagent.agent import Agent
 from edgeagent.config import Config, PowerDevice
 from edgeagent.infer import DigitsClassifier, Variant, load_bundled_samples
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
 from edgeagent.power.reader import SerialReader
+from edgeagent.power.source import PinnedSource, PowerSource
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox, OutboxError
 from edgeagent.workloads.pool import WorkerPool
 
 
 def device_reader(device: PowerDevice) -> PowerSource:
-    """Streaming devices are listened to; the others are polled at their interval."""
+    """Streaming devices are listened to; the others are polled at their interval. With a
+    ``serial`` configured, only that device's readings are believed."""
+    source: PowerSource
     if device.driver == "vedirect":
-        return SerialReader(device.port, baud=device.baud)
-    return PolledReader(lambda: open_poller(device.driver, device.port, device.baud, device.unit),
-                        name=device.port, interval_s=device.poll_interval_s)
+        source = SerialReader(device.port, baud=device.baud)
+    else:
+        source = PolledReader(
+            lambda: open_poller(device.driver, device.port, device.baud, device.unit),
+            name=device.port, interval_s=device.poll_interval_s)
+    return source if device.serial is None else PinnedSource(source, device.serial)
 
 
 def run_service(config: Config, out: TextIO = sys.stderr) -> int:

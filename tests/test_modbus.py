@@ -63,11 +63,20 @@ def renogy_tables() -> dict[int, dict[int, int]]:
     return {3: regs}
 
 
+def renogy_identity_registers(model: bytes, serial: int) -> dict[int, int]:
+    padded = model.ljust(16)
+    regs = {0x000C + i: int.from_bytes(padded[2 * i:2 * i + 2], "big") for i in range(8)}
+    regs.update({0x0018: serial >> 16, 0x0019: serial & 0xFFFF})  # high word first
+    return regs
+
+
 def test_read_renogy_from_an_independent_responder() -> None:
     with RtuResponder(renogy_tables()) as device:
         result = read_json("--driver", "renogy", "--port", device.port)
     assert result.returncode == 0, result.stderr
     r = json.loads(result.stdout)
+    # This responder has no identity registers: the port names the device.
+    assert r["device_id"] == f"renogy@{device.port}#1" and "product" not in r
     assert (r["battery_soc_pct"], r["battery_voltage_v"]) == (76.0, 13.2)
     assert r["battery_current_a"] == 4.2  # 5.40 A in, 1.20 A to the load
     assert r["battery_temp_c"] == -5.0
@@ -75,6 +84,17 @@ def test_read_renogy_from_an_independent_responder() -> None:
     assert r["load_on"] is True and r["charger_state"] == "bulk"
     assert r["max_power_today_w"] == 95.0 and r["yield_today_kwh"] == 0.412 and r["cycles"] == 33
     assert all(req[1] == 3 for req in device.requests)
+
+
+def test_a_renogy_is_identified_by_its_serial_number_not_its_port() -> None:
+    tables = renogy_tables()
+    tables[3].update(renogy_identity_registers(b"RNG-CTRL-RVR40", 1907012345))
+    with RtuResponder(tables) as device:
+        result = read_json("--driver", "renogy", "--port", device.port)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["device_id"] == "1907012345" and r["product"] == "RNG-CTRL-RVR40"
+    assert r["battery_voltage_v"] == 13.2
 
 
 def test_a_silent_or_refusing_device_is_a_clear_failure_not_a_hang() -> None:

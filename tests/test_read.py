@@ -76,12 +76,14 @@ def responder(answers: dict[bytes, bytes]) -> Callable[[int, threading.Event], N
 def test_read_jbd_asks_for_info_and_cells() -> None:
     cells = jbd.encode_response(jbd.CELL_VOLTAGES, bytes.fromhex("0CE4 0CE5 0CE6 0CE3"))
     answers = {jbd.encode_request(jbd.BASIC_INFO): JBD_BASIC,
-               jbd.encode_request(jbd.CELL_VOLTAGES): cells}
+               jbd.encode_request(jbd.CELL_VOLTAGES): cells,
+               jbd.encode_request(jbd.MODEL): jbd.encode_response(jbd.MODEL, b"SP04S020-L4S-100A")}
     with pty_device(responder(answers)) as port:
         result = read("--driver", "jbd", "--port", port, "--json")
     assert result.returncode == 0, result.stderr
     r = json.loads(result.stdout)
     assert r["battery_soc_pct"] == 72.0 and r["cell_voltages_v"] == [3.3, 3.301, 3.302, 3.299]
+    assert r["product"] == "SP04S020-L4S-100A"  # the model string, asked once
 
 
 def test_read_daly_asks_for_each_frame() -> None:

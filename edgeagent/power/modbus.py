@@ -104,12 +104,29 @@ def renogy_reading(blocks: Mapping[int, Registers], ts: float,
     )
 
 
-MODBUS_DRIVERS: dict[str, tuple[int, dict[int, int],
-                                Callable[[Mapping[int, Registers], float, str | None], Reading],
-                                int]] = {
-    # name: (function code, blocks, mapping, default baud)
-    "epever": (4, EPEVER_BLOCKS, epever_reading, 115200),
-    "renogy": (3, RENOGY_BLOCKS, renogy_reading, 9600),
+# Renogy identity (function 03): product model, 16 ASCII bytes; serial number, u32 high word first.
+RENOGY_IDENTITY_BLOCKS = {0x000C: 8, 0x0018: 2}
+
+
+def renogy_identity(blocks: Mapping[int, Registers]) -> tuple[str | None, str | None]:
+    """(serial number, product model) from the identity registers; None where implausible."""
+    model_bytes = b"".join(r.to_bytes(2, "big") for r in blocks[0x000C])
+    model = model_bytes.decode("ascii", "replace").strip("\x00 ")
+    serial_regs = blocks[0x0018]
+    serial = _u32(serial_regs[1], serial_regs[0])
+    return (str(serial) if serial else None,
+            model if model and model.isprintable() and "\ufffd" not in model else None)
+
+
+RegisterMapping = Callable[[Mapping[int, Registers], float, str | None], Reading]
+Identity = Callable[[Mapping[int, Registers]], tuple[str | None, str | None]]
+
+MODBUS_DRIVERS: dict[str, tuple[int, dict[int, int], RegisterMapping, int,
+                                tuple[dict[int, int], Identity] | None]] = {
+    # name: (function code, blocks, mapping, default baud, identity blocks and their mapping)
+    # EPEver's Modbus map has no serial number: the port's stable name identifies it.
+    "epever": (4, EPEVER_BLOCKS, epever_reading, 115200, None),
+    "renogy": (3, RENOGY_BLOCKS, renogy_reading, 9600, (RENOGY_IDENTITY_BLOCKS, renogy_identity)),
 }
 
 
@@ -118,17 +135,27 @@ class ModbusReadError(PollError):
 
 
 class ModbusCharger:
-    """One controller on a serial port; ``poll()`` reads it once and returns a reading."""
+    """One controller on a serial port; ``poll()`` reads it once and returns a reading.
+
+    The device's identity (serial number and model, where its register map has them) is read
+    once per connection, so the reading's ``device_id`` names the device, not the port: a
+    controller moved to another port keeps its id, and another one plugged into this port gets
+    its own. Without an identity the id is ``<driver>@<port>#<unit>``.
+    """
 
     def __init__(self, driver: str, port: str, *, unit: int = 1, baud: int | None = None,
                  timeout_s: float = 1.0, retries: int = 2) -> None:
         if driver not in MODBUS_DRIVERS:
             known = ", ".join(MODBUS_DRIVERS)
             raise ValueError(f"unknown Modbus driver {driver!r}; known: {known}")
-        self.function, self.blocks, self.mapping, default_baud = MODBUS_DRIVERS[driver]
+        self.function, self.blocks, self.mapping, default_baud, self.identity_map = (
+            MODBUS_DRIVERS[driver])
         self.driver = driver
         self.port = port
         self.unit = unit
+        self.device_id: str | None = None
+        self.product: str | None = None
+        self._identified = False
         self.client = ModbusSerialClient(port, baudrate=baud or default_baud, timeout=timeout_s,
                                          retries=retries, reconnect_delay=0)
 
@@ -149,8 +176,26 @@ class ModbusCharger:
             raise ModbusReadError(f"{self.port}: 0x{address:04X}: short answer {registers}")
         return registers[:count]
 
+    def _identify(self) -> None:
+        """Read the identity registers once; a device that refuses them keeps the port id."""
+        self._identified = True
+        if self.identity_map is None:
+            return
+        blocks, mapping = self.identity_map
+        try:
+            self.device_id, self.product = mapping(
+                {a: self._read_block(a, n) for a, n in blocks.items()})
+        except ModbusReadError:
+            self.device_id = self.product = None
+
     def poll(self) -> Reading:
-        if not self.client.connected and not self.client.connect():
-            raise ModbusReadError(f"{self.port}: cannot open the port")
+        if not self.client.connected:
+            self._identified = False  # (re)connected: it may be another device now
+            if not self.client.connect():
+                raise ModbusReadError(f"{self.port}: cannot open the port")
         blocks = {a: self._read_block(a, n) for a, n in self.blocks.items()}
-        return self.mapping(blocks, time.time(), f"{self.driver}@{self.port}#{self.unit}")
+        if not self._identified:
+            self._identify()
+        reading = self.mapping(blocks, time.time(),
+                               self.device_id or f"{self.driver}@{self.port}#{self.unit}")
+        return reading.model_copy(update={"product": self.product}) if self.product else reading

@@ -43,6 +43,7 @@ class BmsClient:
         self.jbd_device = jbd.JBDDevice(device_id=port, stats=self.jbd_decoder.stats)
         self.daly_decoder = daly.DalyDecoder()
         self.daly_device = daly.DalyDevice(device_id=port, stats=self.daly_decoder.stats)
+        self._asked_model = False
         if driver == "jbd":
             self.requests = [jbd.encode_request(r) for r in (jbd.BASIC_INFO, jbd.CELL_VOLTAGES)]
         else:
@@ -67,6 +68,11 @@ class BmsClient:
         return None
 
     def poll(self) -> Reading:
+        if self.driver == "jbd" and self.jbd_device.model is None and not self._asked_model:
+            # The model string names the product; once per connection, and optional: some
+            # firmware does not answer it.
+            self._asked_model = True
+            self._ask(jbd.encode_request(jbd.MODEL))
         reading = None
         for request in self.requests:
             reading = self._ask(request)
