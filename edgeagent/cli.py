@@ -49,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("--timeout", type=float, default=10.0, metavar="S")
     read.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    probe = sub.add_parser("probe", help="find which supported device answers on which port")
+    probe.add_argument("--port", action="append", default=[], metavar="P",
+                       help="probe only this port (repeatable); default: every serial port")
+    probe.add_argument("--timeout", type=float, default=0.5, metavar="S",
+                       help="answer timeout per Modbus request (default 0.5)")
+    probe.add_argument("--listen", type=float, default=2.5, metavar="S",
+                       help="how long to listen for VE.Direct (default 2.5)")
+    probe.add_argument("--json", action="store_true", help="one JSON object per port")
+
     decode = sub.add_parser("decode", help="decode a captured byte stream into readings")
     decode.add_argument("--driver", required=True, help="vedirect, jbd or daly")
     decode.add_argument("file", nargs="?", type=Path, metavar="FILE",
@@ -110,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INVALID
         return run_read(ReadOptions(args.driver, args.port, args.baud, args.unit, args.count,
                                     args.timeout), args.json, sys.stdout, sys.stderr)
+    if args.command == "probe":
+        from edgeagent.power.probe import run_probe
+
+        if args.timeout <= 0 or args.listen <= 0:
+            print("edgeagent probe: --timeout and --listen must be positive", file=sys.stderr)
+            return EXIT_INVALID
+        return run_probe(args.port, args.json, sys.stdout, sys.stderr, listen_s=args.listen,
+                         timeout_s=args.timeout)
     if args.command == "decode":
         from edgeagent.power.decode import run_decode
 

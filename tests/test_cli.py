@@ -23,5 +23,5 @@ def test_version_from_the_module_and_the_console_script() -> None:
 def test_help_lists_the_commands() -> None:
     out = subprocess.run([*edgeagent_command(), "--help"], capture_output=True,
                          text=True, check=True).stdout
-    for command in ("demo", "run", "config", "decode"):
+    for command in ("demo", "run", "config", "read", "decode", "probe"):
         assert command in out

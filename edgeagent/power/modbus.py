@@ -7,6 +7,7 @@ pure functions, so the decoding is testable without a bus. Read-only: no write f
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -17,6 +18,10 @@ from edgeagent.power.poller import PollError
 from edgeagent.power.reading import Reading
 
 Registers = Sequence[int]
+
+# pymodbus logs every unanswered request at ERROR: a sleeping controller would fill the journal
+# every poll. Our own errors (ModbusReadError, the readers' counters) carry the reason instead.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def _u32(low: int, high: int) -> int:
