@@ -151,3 +151,20 @@ def test_decode_cli_reads_bms_captures() -> None:
         assert lines and all(line["driver"] == driver for line in lines)
         assert lines[-1]["battery_soc_pct"] in (72.0, 49.5)
         assert b"invalid" in result.stderr
+
+
+def test_daly_a_sleeping_bmss_zero_frames_never_reach_the_state_for_any_frame_id() -> None:
+    # Regression: only 0x90 was checked, so a sleeping BMS's zeros put -40 degC (0x92), an empty
+    # pack (0x93) and an unknown cell count (0x94) into a state built from real frames.
+    decoder = daly.DalyDecoder()
+    device = daly.DalyDevice(stats=decoder.stats)
+    for frame in decoder.feed(b"".join(DALY)):
+        device.update(frame)
+    before = device.reading(0.0)
+    zeros = b"".join(daly.encode(daly.BMS_ADDRESS, i, bytes(8)) for i in daly.READS)
+    for frame in decoder.feed(zeros):
+        r = device.update(frame)
+    assert decoder.stats.frames_ok == 5 + len(daly.READS)  # the checksums are valid
+    assert device.stats.implausible == len(daly.READS)
+    assert r == before
+    assert (r.battery_temp_c, r.remaining_ah, device.cell_count) == (24.0, 14.85, 3)

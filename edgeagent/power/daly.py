@@ -109,6 +109,12 @@ class DalyDevice:
 
     def update(self, frame: Frame, ts: float = 0.0) -> Reading:
         d = frame.data
+        if not any(d):
+            # A sleeping BMS answers every request with zeros (its checksum is valid): no frame
+            # id has all-zero data in a real state (0x92 would be -40 degC from sensor 0, 0x93 an
+            # empty pack, 0x94 a pack of 0 cells), so it is counted and never merged.
+            self.stats.implausible += 1
+            return self.reading(ts)
         if frame.data_id == SOC:
             volts, _, raw_current, soc = struct.unpack(">HHHH", d)
             # Above the 30000 offset is discharging (two readers agree); ours: + = charging.

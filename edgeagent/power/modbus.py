@@ -7,7 +7,9 @@ pure functions, so the decoding is testable without a bus. Read-only: no write f
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -139,6 +141,10 @@ class ModbusReadError(PollError):
     """No valid answer (timeout, CRC, exception response): the caller marks data stale."""
 
 
+class ModbusRefused(ModbusReadError):
+    """The device answered with a Modbus exception: it does not have these registers."""
+
+
 class ModbusCharger:
     """One controller on a serial port; ``poll()`` reads it once and returns a reading.
 
@@ -175,30 +181,43 @@ class ModbusCharger:
         except ModbusException as exc:
             raise ModbusReadError(f"{self.port}: 0x{address:04X}: {exc}") from exc
         if response.isError():
-            raise ModbusReadError(f"{self.port}: 0x{address:04X}: {response}")
+            raise ModbusRefused(f"{self.port}: 0x{address:04X}: {response}")
         registers = list(response.registers)
         if len(registers) < count:
             raise ModbusReadError(f"{self.port}: 0x{address:04X}: short answer {registers}")
         return registers[:count]
 
     def _identify(self) -> None:
-        """Read the identity registers once; a device that refuses them keeps the port id."""
-        self._identified = True
+        """Read the identity registers: a device that refuses them keeps the port's name; a lost
+        answer is asked again at the next poll (a pinned port stays stale until then)."""
         if self.identity_map is None:
+            self._identified = True
             return
         blocks, mapping = self.identity_map
         try:
             self.device_id, self.product = mapping(
                 {a: self._read_block(a, n) for a, n in blocks.items()})
-        except ModbusReadError:
+        except ModbusRefused:
             self.device_id = self.product = None
+        except ModbusReadError:
+            return
+        self._identified = True
 
     def poll(self) -> Reading:
+        """One reading. ModbusReadError when the device did not answer (a missed poll);
+        OSError when the port itself is gone or cannot be opened, so the caller closes it and
+        reopens with backoff instead of hammering a vanished adapter."""
         if not self.client.connected:
             self._identified = False  # (re)connected: it may be another device now
             if not self.client.connect():
-                raise ModbusReadError(f"{self.port}: cannot open the port")
-        blocks = {a: self._read_block(a, n) for a, n in self.blocks.items()}
+                raise OSError(errno.ENODEV, f"{self.port}: cannot open the port "
+                              "(missing, busy or no permission)")
+        try:
+            blocks = {a: self._read_block(a, n) for a, n in self.blocks.items()}
+        except ModbusReadError:
+            if not os.path.exists(self.port):  # unplugged: pymodbus would quietly reconnect
+                raise OSError(errno.ENODEV, f"{self.port}: the port vanished") from None
+            raise
         if not self._identified:
             self._identify()
         reading = self.mapping(blocks, time.time(),

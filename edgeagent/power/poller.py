@@ -8,6 +8,7 @@ the agent treats every device alike.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -53,31 +54,63 @@ class BmsClient:
     def close(self) -> None:
         self.port.close()
 
-    def _ask(self, request: bytes) -> Reading | None:
+    @property
+    def valid_frames(self) -> int:
+        """Checksum-valid frames received, plausible or not: the device speaks this protocol
+        even when its values are refused (a sleeping Daly's zeros)."""
+        decoder = self.jbd_decoder if self.driver == "jbd" else self.daly_decoder
+        return decoder.stats.frames_ok
+
+    def reading(self) -> Reading:
+        """The state merged so far, without asking."""
+        device = self.jbd_device if self.driver == "jbd" else self.daly_device
+        return device.reading(time.time())
+
+    def _ask(self, request: bytes, frames: int = 1) -> Reading:
+        """Send one request and merge the ``frames`` valid frames that answer it (a Daly sends
+        its cell voltages as one frame per three cells).
+
+        Raises PollError when they do not all come in time, or when one is implausible: a
+        sleeping Daly answers every request with zeros, and counting that as an answer would
+        keep its last real values looking fresh (dbus-serialbattery #193).
+        """
         self.port.reset_input_buffer()  # a late answer to an earlier request must not count
         self.port.write(request)
+        stats = self.jbd_decoder.stats if self.driver == "jbd" else self.daly_decoder.stats
+        implausible = stats.implausible
+        got = 0
+        reading: Reading | None = None
         until = time.monotonic() + ANSWER_TIMEOUT_S
-        while time.monotonic() < until:
+        while got < frames and time.monotonic() < until:
             data = self.port.read(max(self.port.in_waiting, 1))
+            now = time.time()
             if self.driver == "jbd":
                 for jframe in self.jbd_decoder.feed(data):
-                    return self.jbd_device.update(jframe, ts=time.time())
+                    reading, got = self.jbd_device.update(jframe, ts=now), got + 1
             else:
                 for dframe in self.daly_decoder.feed(data):
-                    return self.daly_device.update(dframe, ts=time.time())
-        return None
+                    reading, got = self.daly_device.update(dframe, ts=now), got + 1
+        if stats.implausible != implausible:
+            raise PollError(f"{self.port.port}: implausible answer to {request.hex(' ')} "
+                            "(a sleeping BMS answers with zeros)")
+        if reading is None or got < frames:
+            raise PollError(f"{self.port.port}: {got} of {frames} valid answer(s) to "
+                            f"{request.hex(' ')}")
+        return reading
 
     def poll(self) -> Reading:
         if self.driver == "jbd" and self.jbd_device.model is None and not self._asked_model:
             # The model string names the product; once per connection, and optional: some
             # firmware does not answer it.
             self._asked_model = True
-            self._ask(jbd.encode_request(jbd.MODEL))
+            with contextlib.suppress(PollError):
+                self._ask(jbd.encode_request(jbd.MODEL))
         reading = None
         for request in self.requests:
-            reading = self._ask(request)
-            if reading is None:
-                raise PollError(f"{self.port.port}: no valid answer to {request.hex(' ')}")
+            frames = 1
+            if self.driver == "daly" and request[2] == daly.CELL_VOLTAGES:
+                frames = -(-(self.daly_device.cell_count or 1) // 3)  # asked after STATUS
+            reading = self._ask(request, frames)
         assert reading is not None
         return reading
 

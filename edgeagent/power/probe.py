@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import serial
 
 from edgeagent.power.modbus import MODBUS_DRIVERS, ModbusCharger
-from edgeagent.power.poller import Poller, PollError
+from edgeagent.power.poller import BmsClient, Poller, PollError
 from edgeagent.power.read import open_poller
 from edgeagent.power.reading import Reading
 from edgeagent.power.vedirect import VEDirectDecoder, VEDirectDevice
@@ -146,12 +146,16 @@ def _listen_vedirect(port: str, listen_s: float) -> Reading | None:
 
 
 def _ask(driver: str, port: str, baud: int, timeout_s: float) -> Reading:
-    """One poll with the driver's own client; PollError when it got no valid answer."""
+    """One poll with the driver's own client; PollError when it got no valid frame at all."""
     device: Poller = (ModbusCharger(driver, port, unit=MODBUS_UNIT, baud=baud,
                                     timeout_s=timeout_s, retries=0)
                       if driver in MODBUS_DRIVERS else open_poller(driver, port, baud))
     try:
         return device.poll()
+    except PollError:
+        if isinstance(device, BmsClient) and device.valid_frames:
+            return device.reading()  # it answers in this protocol, only implausibly (asleep)
+        raise
     finally:
         device.close()
 

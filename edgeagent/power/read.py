@@ -39,7 +39,10 @@ def _vedirect(opts: ReadOptions, deadline: float) -> Iterator[Reading]:
     with serial.Serial(opts.port, opts.baud or 19200, timeout=0.2, exclusive=True) as port:
         while time.monotonic() < deadline:
             for block in decoder.feed(port.read(max(port.in_waiting, 1))):
-                yield device.update(block, ts=time.time())
+                reading = device.update(block, ts=time.time())
+                # A BMV's history block may come first: print once the live values are known.
+                if reading.battery_voltage_v is not None:
+                    yield reading
 
 
 def open_poller(driver: str, port: str, baud: int | None = None, unit: int = 1,
