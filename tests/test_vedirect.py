@@ -364,3 +364,74 @@ def test_decode_stream_and_run_decode_in_process() -> None:
     assert "vedirect" in err.getvalue()
     with pytest.raises(ValueError):
         list(decode_stream([b""], "nope"))
+
+
+Trace = list[tuple[list[dict[str, str]], dict[str, int]]]
+
+
+def _byte_by_byte(stream: bytes, cuts: list[int]) -> Trace:
+    """What the decoder returns and counts at each cut when fed one byte at a time."""
+    decoder, out, start = VEDirectDecoder(), [], 0
+    for cut in [*cuts, len(stream)]:
+        blocks = [b for byte in stream[start:cut] for b in decoder.feed(bytes([byte]))]
+        out.append((blocks, vars(decoder.stats).copy()))
+        start = cut
+    return out
+
+
+def _in_chunks(stream: bytes, cuts: list[int]) -> Trace:
+    decoder, out, start = VEDirectDecoder(), [], 0
+    for cut in [*cuts, len(stream)]:
+        out.append((decoder.feed(stream[start:cut]), vars(decoder.stats).copy()))
+        start = cut
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_fast_path_decodes_exactly_as_byte_by_byte(seed: int) -> None:
+    # feed() takes whole fields, runs and hunted stretches in one step; whatever the stream and
+    # however it is split, the blocks and every counter after each call must be what feeding the
+    # same bytes one at a time gives (a common tail then shows the states also agree).
+    rng = random.Random(seed)
+    pieces = [encode_block(MPPT), encode_block(BMV_LIVE), encode_block(BMV_HISTORY),
+              REAL_BLUESOLAR_WITH_HEX, hex_frame("A", "DBED001A0D"), REGISTER_1050,
+              block_with_checksum(ord(":")), block_with_checksum(ord("\n")), LEAD_IN,
+              encode_block([(f"H{i}", "1") for i in range(MAX_FIELDS + 1)]),
+              encode_block([("LONGLABEL1", "1")]), b":" + b"A" * 150, b"Check", b"sum\t",
+              b":A01", b"\r", b"\n"]
+    tail = LEAD_IN + encode_block(MPPT) + encode_block(BMV_LIVE)
+    for _ in range(400):
+        stream = bytearray(b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 8))))
+        for _ in range(rng.randrange(4)):  # damage: flips, drops, inserted bytes
+            if stream:
+                pos = rng.randrange(len(stream))
+                stream[pos] ^= 1 << rng.randrange(8)
+                if rng.random() < 0.3:
+                    stream.insert(pos, rng.choice(b":\r\n\tC\x00\xff"))
+        data = bytes(stream) + tail
+        cuts = sorted(rng.sample(range(len(data)), rng.randrange(min(8, len(data)))))
+        assert _in_chunks(data, cuts) == _byte_by_byte(data, cuts)
+
+
+def _with_valid_sum(body: bytes) -> bytes:
+    return body + bytes([(-sum(body)) % 256])
+
+
+def test_a_cr_that_is_not_part_of_cr_lf_is_corruption_even_if_the_sum_works_out() -> None:
+    # Regression (found by benchmarks/fuzz.py): a lone CR was summed but dropped from the value,
+    # so "V\t12\r800" decoded as V=12800, and two errors whose sums cancel passed a changed value.
+    raw = _with_valid_sum(b"\r\nPID\t0xA053\r\nV\t12\r800\r\nChecksum\t")
+    assert sum(raw) % 256 == 0
+    for stream in (raw, raw.replace(b"\r800", b"\r\r\n")):
+        decoder, blocks = decode(stream + encode_block(MPPT) + encode_block(BMV_LIVE))
+        assert blocks == [dict(MPPT), dict(BMV_LIVE)]  # back in step at the damaged block's end
+        assert decoder.stats.corrupt == 1 and decoder.stats.blocks_bad_checksum == 0
+
+
+def test_a_second_tab_in_a_field_is_corruption_even_if_the_sum_works_out() -> None:
+    # Regression (found by benchmarks/fuzz.py): with a TAB allowed in values, a block whose last
+    # CR LF was lost took "Checksum\t<byte>" into a value and ran on into the next block.
+    raw = _with_valid_sum(b"\r\nPID\t0xA053\r\nP\t5Checksum\tz\r\nV\t12800\r\nChecksum\t")
+    decoder, blocks = decode(raw + encode_block(MPPT) + encode_block(BMV_LIVE))
+    assert blocks == [dict(MPPT), dict(BMV_LIVE)]
+    assert decoder.stats.corrupt == 1 and decoder.stats.blocks_bad_checksum == 0

@@ -5,13 +5,16 @@ block ends with ``Checksum\\t<byte>`` and the bytes of the whole block sum to 0 
 checksum byte is data even when it is ``:``, ``\\r``, ``\\n``, ``\\t`` or 0x00. Asynchronous HEX
 frames (``:`` ... ``\\n``) can appear anywhere else, even inside a block: they are skipped,
 bounded (100 bytes, or the first byte that is not a hex digit), checked with the 0x55 rule, and
-kept out of the TEXT checksum. A non-printable byte outside the checksum byte, or an invalid HEX
-frame, is corruption: the block is dropped whole and the decoder hunts for the next block end
-(``Checksum\\t<byte>``), so the first block it accepts afterwards is a whole one.
+kept out of the TEXT checksum. A non-printable byte outside the checksum byte, a CR that is not
+part of CR LF, a second TAB in a field, or an invalid HEX frame, is corruption: the block is
+dropped whole and the decoder hunts for the next block end (``Checksum\\t<byte>``), so the first
+block it accepts afterwards is a whole one. (The additive checksum misses 1 in 256 multi-byte
+errors; strict framing is what keeps most of those out.)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +70,20 @@ class DecoderStats:
 _HUNT, _TRAILER, _BOUNDARY, _LABEL, _VALUE, _CHECKSUM = range(6)
 _CHECKSUM_LABEL = b"Checksum\t"
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+# The fast path's patterns. An ordinary field is a label (at most MAX_LABEL, not "Checksum"),
+# TAB, a value (at most MAX_VALUE), CR LF, both printable ASCII without the ':' that would open a
+# HEX frame. Everything else goes through the per-byte state machine.
+_TEXT_CHARS = rb"[\x20-\x39\x3b-\x7e]"
+_FIELDS = re.compile(rb"(?:(?!Checksum\t)%s{0,%d}\t%s{0,%d}\r\n)+"
+                     % (_TEXT_CHARS, MAX_LABEL, _TEXT_CHARS, MAX_VALUE))
+_FIELD_TEXT = re.compile(r"([^\t]*)\t([^\r]*)\r\n")
+_TEXT_RUN = re.compile(_TEXT_CHARS + b"+")
+_HEX_RUN = re.compile(rb"[0-9A-Fa-f]+")
+_CHECKSUM_SUM = sum(_CHECKSUM_LABEL)
+# Below this many bytes per feed() (a USB packet or a UART FIFO's worth, right after a wake-up
+# with cold caches) the fast path measured no faster than byte by byte; it pays off on bigger
+# reads and on captures (``edgeagent decode``).
+_FAST_MIN = 64
 
 
 class VEDirectDecoder:
@@ -108,14 +125,124 @@ class VEDirectDecoder:
 
     def feed(self, data: bytes) -> list[dict[str, str]]:
         """Consume ``data`` (any split of the stream); return the blocks completed in it that
-        passed their checksum, each as ``{label: value}`` in the order sent."""
+        passed their checksum, each as ``{label: value}`` in the order sent.
+
+        From ``_FAST_MIN`` bytes on, runs of whole fields, label and value characters, HEX
+        digits, block starts and ends and hunted stretches are taken in one step each (about 5x
+        less CPU on whole blocks); every other byte goes through ``_byte``. Blocks, counters and
+        state after each call are the same as feeding the bytes one at a time."""
         blocks: list[dict[str, str]] = []
         self.stats.bytes += len(data)
-        for byte in data:
-            block = self._byte(byte)
+        i, n = 0, len(data)
+        if n < _FAST_MIN:
+            for byte in data:
+                block = self._byte(byte)
+                if block is not None:
+                    blocks.append(block)
+            return blocks
+        while i < n:
+            state = self._state
+            if self._in_hex:
+                run = _HEX_RUN.match(data, i)
+                room = MAX_HEX - len(self._hex)
+                if run is not None and room > 0:
+                    end = min(run.end(), i + room)
+                    self._hex += data[i:end]
+                    i = end
+                    continue
+            elif state == _LABEL and self._prev != 0x0D:  # after a CR only LF may come
+                label = self._label
+                if not label:
+                    m = _FIELDS.match(data, i)
+                    if m is not None:
+                        i = self._take_fields(data, i, m.end())
+                        continue
+                    if data.startswith(_CHECKSUM_LABEL, i) and i + len(_CHECKSUM_LABEL) < n:
+                        self._sum += _CHECKSUM_SUM
+                        i += len(_CHECKSUM_LABEL) + 1
+                        block = self._end_block(data[i - 1])
+                        if block is not None:
+                            blocks.append(block)
+                        continue
+                i = self._take_run(data, i, label, MAX_LABEL)
+                if i < n and data[i] == 0x09:  # the label is complete
+                    self._sum += 0x09
+                    self._prev = 0x09
+                    self._state = _CHECKSUM if label == b"Checksum" else _VALUE
+                    i += 1
+                    continue
+            elif state == _VALUE and self._prev != 0x0D:
+                i = self._take_run(data, i, self._value, MAX_VALUE)
+                if data.startswith(b"\r\n", i):
+                    self._sum += 0x0D + 0x0A
+                    self._finish_field()
+                    self._prev = 0x0A
+                    i += 2
+                    continue
+            elif state == _BOUNDARY:
+                if data.startswith(b"\r\n", i):
+                    self._clear_block()
+                    self._sum = 0x0D + 0x0A
+                    self._state = _LABEL
+                    self._prev = 0x0A
+                    i += 2
+                    continue
+            elif state == _HUNT and self._match == 0:
+                i = self._skip_hunt(data, i)
+            if i >= n:
+                break
+            block = self._byte(data[i])
+            i += 1
             if block is not None:
                 blocks.append(block)
         return blocks
+
+    def _take_fields(self, data: bytes, i: int, end: int) -> int:
+        """Append the whole ordinary fields in ``data[i:end]`` as ``_byte`` would (the field
+        after the last allowed one is corruption); return where processing goes on."""
+        fields = _FIELD_TEXT.findall(data[i:end].decode("ascii"))
+        room = MAX_FIELDS - len(self._fields)
+        if len(fields) > room:  # _byte stops at the end of the first field too many
+            end = i
+            for _ in range(room + 1):
+                end = data.index(b"\r\n", end) + 2
+            self._prev = 0x0A
+            self._corrupt()
+            return end
+        self._sum += sum(data[i:end])
+        self._prev = 0x0A
+        self._fields += fields
+        return end
+
+    def _take_run(self, data: bytes, i: int, buf: bytearray, limit: int) -> int:
+        """Append the run of ordinary label or value characters at ``i`` (no more than fits in
+        ``limit``) as ``_byte`` would; return where the run ended."""
+        run = _TEXT_RUN.match(data, i)
+        if run is None:
+            return i
+        end = min(run.end(), i + limit - len(buf))
+        if end <= i:
+            return i
+        chunk = data[i:end]
+        buf += chunk
+        self._sum += sum(chunk)
+        self._prev = chunk[-1]
+        return end
+
+    def _skip_hunt(self, data: bytes, i: int) -> int:
+        """Where byte-by-byte hunting must resume: right after the next ``Checksum\\t`` (then in
+        the trailer state), or a few bytes before the next ':' or the end of ``data``.
+
+        The hunt's matcher is exact substring search (``C`` occurs once in the label), so its
+        state at any point only depends on the last 8 bytes, and a ':' (which opens a HEX frame)
+        can never be inside a match."""
+        colon = data.find(b":", i)
+        limit = colon if colon >= 0 else len(data)
+        label = data.find(_CHECKSUM_LABEL, i, limit)
+        if label >= 0:
+            self._state = _TRAILER
+            return label + len(_CHECKSUM_LABEL)
+        return max(i, limit - (len(_CHECKSUM_LABEL) - 1))
 
     def _byte(self, b: int) -> dict[str, str] | None:
         state = self._state
@@ -146,10 +273,16 @@ class VEDirectDecoder:
                 self._clear_block()
                 self._sum = 0x0D + 0x0A
                 self._state = _LABEL
+                self._prev = b
             else:  # noise between blocks: we no longer know where the next one starts
                 self._corrupt()
             return None
         if not (0x20 <= b < 0x7F or b in (0x09, 0x0A, 0x0D)):
+            self._corrupt()
+            return None
+        if self._prev == 0x0D and b != 0x0A:
+            # A device only sends CR as the first half of CR LF. Ignoring a lone one would let
+            # a damaged line whose sum still works out (two errors) pass as a changed value.
             self._corrupt()
             return None
         self._sum += b
@@ -171,7 +304,9 @@ class VEDirectDecoder:
                 self._corrupt()
             else:
                 self._label.append(b)
-        elif len(self._value) >= MAX_VALUE:
+        elif b == 0x09 or len(self._value) >= MAX_VALUE:
+            # A second TAB in a field is never sent: accepting it would let a "Checksum\t"
+            # whose CR LF was lost become part of a value and glue two blocks together.
             self._corrupt()
         else:
             self._value.append(b)
