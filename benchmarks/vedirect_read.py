@@ -19,9 +19,10 @@ Why it is built this way (so the comparison is fair):
   ``read(1)`` per byte; its ``read_data_callback`` sleeps 0.1 s per byte and cannot keep up with
   a line, so it is not used).
 - ``edgeagent`` reads the way ``reader.py`` does: after the first byte of a burst it waits
-  ``SerialReader.coalesce_s`` (0.12 s) and takes everything that arrived, so a block costs one
-  wake-up instead of one per USB packet. ``--readers edgeagent-coalesced --coalesce S`` tries
-  other windows.
+  ``SerialReader.coalesce_s`` (0.12 s, ``--coalesce`` tries other windows) and takes everything
+  that arrived, so a block costs one wake-up instead of one per USB packet.
+  ``edgeagent-per-packet`` is the same reader with ``coalesce_s=0`` (what it did before), to show
+  what the coalescing is worth.
 - CPU is each reader's own thread CPU time (``time.thread_time``) between its first and its
   last measured block, so start-up, the writer and the main thread are not counted. Blocks
   that failed their checksum still cost CPU and are not counted as decoded.
@@ -46,8 +47,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-
-import serial
 
 from edgeagent.power.reader import SerialReader
 from edgeagent.power.reading import Reading
@@ -148,40 +147,8 @@ class Pty:
         os.close(self.slave)
 
 
-class CoalescingPort:
-    """The proposed read for ``SerialReader``: after the first byte of a burst, wait a little
-    and take everything that arrived (a 190-byte block is ~0.1 s on a 19200-baud line)."""
-
-    def __init__(self, port: serial.Serial, window_s: float) -> None:
-        self.port, self.window_s = port, window_s
-
-    @property
-    def in_waiting(self) -> int:
-        return int(self.port.in_waiting)
-
-    def read(self, size: int) -> bytes:
-        data = bytes(self.port.read(size))
-        if data:
-            time.sleep(self.window_s)
-            data += self.port.read(self.port.in_waiting)
-        return data
-
-    def close(self) -> None:
-        self.port.close()
-
-
-class CoalescingReader(SerialReader):
-    """``SerialReader`` with the proposed read; everything else is unchanged."""
-
-    def __init__(self, port: str, *, window_s: float, **kwargs: Any) -> None:
-        super().__init__(port, **kwargs)
-        self.window_s = window_s
-
-    def _open(self) -> serial.Serial:
-        return CoalescingPort(super()._open(), self.window_s)
-
-
-def ours(args: argparse.Namespace, coalesce_s: float = 0.0) -> Result:
+def ours(args: argparse.Namespace, coalesce_s: float | None = None) -> Result:
+    """``SerialReader`` with its default ``coalesce_s`` unless one is given."""
     with Pty(args) as pty:
         done = threading.Event()
         mark: dict[str, float] = {}
@@ -199,8 +166,8 @@ def ours(args: argparse.Namespace, coalesce_s: float = 0.0) -> Result:
             if count >= args.warmup and reading.battery_voltage_v is not None:
                 skips.add(round(reading.battery_voltage_v * 1000))
 
-        reader = (CoalescingReader(pty.port, on_reading=on_reading, window_s=coalesce_s)
-                  if coalesce_s else SerialReader(pty.port, on_reading=on_reading))
+        options: dict[str, Any] = {} if coalesce_s is None else {"coalesce_s": coalesce_s}
+        reader = SerialReader(pty.port, on_reading=on_reading, **options)
         reader.start()
         if not done.wait(300):
             raise RuntimeError("edgeagent reader did not finish")
@@ -282,8 +249,8 @@ def theirs_m8(args: argparse.Namespace) -> Result:
 
 
 READERS: dict[str, tuple[str, Callable[[argparse.Namespace], Result]]] = {
-    "edgeagent": ("edgeagent", ours),
-    "edgeagent-coalesced": ("edgeagent", lambda args: ours(args, args.coalesce)),
+    "edgeagent": ("edgeagent", lambda args: ours(args, args.coalesce)),
+    "edgeagent-per-packet": ("edgeagent", lambda args: ours(args, 0.0)),
     "vedirect": ("vedirect", theirs_vedirect),
     "vedirect-m8": ("vedirect_m8", theirs_m8),
 }
@@ -306,10 +273,10 @@ def main() -> None:
                         help="pause after each chunk (s); 32/1920 is 19200 baud")
     parser.add_argument("--period", type=float, default=0.0,
                         help="start a block at most every PERIOD s (0: back to back)")
-    parser.add_argument("--coalesce", type=float, default=0.12,
-                        help="edgeagent-coalesced's wait after the first byte of a burst (s)")
+    parser.add_argument("--coalesce", type=float, default=None,
+                        help="edgeagent's coalesce_s (default: SerialReader's own)")
     parser.add_argument("--readers",
-                        default="edgeagent,vedirect,vedirect-m8")
+                        default="edgeagent,vedirect,vedirect-m8,edgeagent-per-packet")
     args = parser.parse_args()
     names = [n for n in args.readers.split(",") if package_version(READERS[n][0]) is not None
              or n.startswith("edgeagent")]
