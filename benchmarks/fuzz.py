@@ -361,7 +361,8 @@ def epever_expected(b: dict[int, list[int]]) -> dict[str, Any]:
     return {"pv_voltage_v": live[0] / 100, "pv_current_a": live[1] / 100,
             "pv_power_w": (live[3] << 16 | live[2]) / 100, "load_voltage_v": live[12] / 100,
             "load_current_a": live[13] / 100, "load_power_w": (live[15] << 16 | live[14]) / 100,
-            "battery_temp_c": _s(live[16], 16) / 100, "battery_soc_pct": float(soc[0]),
+            "battery_temp_c": _s(live[16], 16) / 100,
+            "battery_soc_pct": float(soc[0]) if soc[0] <= 100 else None,
             "battery_voltage_v": bat[0] / 100, "battery_current_a": amps,
             "battery_power_w": round(bat[0] / 100 * amps, 3),
             "charger_state": "fault" if faults else stage, "error_code": faults,
@@ -378,7 +379,7 @@ def renogy_expected(b: dict[int, list[int]]) -> dict[str, Any]:
     names = {0: "off", 1: "activated", 2: "bulk", 3: "equalize", 4: "absorption", 5: "float",
              6: "current_limiting"}
     state = r[0x20] & 0xFF
-    return {"battery_soc_pct": float(r[0]), "battery_voltage_v": r[1] / 10,
+    return {"battery_soc_pct": float(r[0]) if r[0] <= 100 else None, "battery_voltage_v": r[1] / 10,
             "battery_current_a": net, "battery_power_w": round(r[1] / 10 * net, 3),
             "battery_temp_c": float(-(temp & 0x7F) if temp & 0x80 else temp),
             "load_voltage_v": r[4] / 10, "load_current_a": r[5] / 100,

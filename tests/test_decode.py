@@ -45,8 +45,9 @@ def test_decode_a_capture_file(tmp_path: Path) -> None:
 def test_decode_reads_standard_input() -> None:
     result = run_decode("--driver", "vedirect", stdin=encode_block(LIVE) * 2)
     assert result.returncode == 0
-    # the first block only puts the decoder in step: a capture may start anywhere
-    assert json.loads(result.stdout)["battery_voltage_v"] == 13.12
+    # the capture starts exactly at a block (CR LF PID): both blocks count
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["battery_voltage_v"] for line in lines] == [13.12, 13.12]
 
 
 def test_unknown_driver_and_missing_file_are_clear_errors(tmp_path: Path) -> None:

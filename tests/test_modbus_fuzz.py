@@ -66,7 +66,8 @@ def test_epever_any_registers_map_and_scale_as_documented(b: dict[int, list[int]
     assert r.battery_power_w is not None and r.battery_voltage_v is not None
     power = r.battery_voltage_v * r.battery_current_a  # rounded to mW by the mapping
     assert abs(r.battery_power_w - power) <= 0.0011 + 1e-9 * abs(power)
-    assert r.battery_soc_pct == float(soc[0])  # integer %, not x100 (v2.5 document)
+    # integer %, not x100 (v2.5 document); beyond 100 it is no state of charge: absent
+    assert r.battery_soc_pct == (float(soc[0]) if soc[0] <= 100 else None)
     # status: D1 and D4-D13 are faults, D2-D3 the stage
     faults = status[1] & 0x3FF2
     assert r.error_code == faults
@@ -102,7 +103,7 @@ def test_renogy_any_registers_map_and_scale_as_documented(b: dict[int, list[int]
     r = renogy_reading(b, ts=1.0, device_id="x")
     reg = b[0x0100]
     assert round_trips(r)
-    assert r.battery_soc_pct == float(reg[0])
+    assert r.battery_soc_pct == (float(reg[0]) if reg[0] <= 100 else None)
     assert r.battery_voltage_v == reg[1] / 10 and r.load_voltage_v == reg[4] / 10
     assert r.pv_voltage_v == reg[7] / 10 and r.pv_current_a == reg[8] / 100
     assert r.load_current_a == reg[5] / 100

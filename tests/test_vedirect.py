@@ -215,14 +215,32 @@ def test_a_truncated_first_block_is_ignored_wherever_it_was_cut() -> None:
     raw = encode_block(MPPT)
     trailer = len(b"Checksum\t") + 1
     for cut in range(1, len(raw)):
-        # A cut inside "Checksum\t<byte>" leaves no block end to get in step with: the whole
-        # block after it is then what puts the decoder in step.
-        expected = [dict(MPPT)] if cut <= len(raw) - trailer else []
+        # A cut inside "Checksum\t" leaves no block end to get in step with: the whole block
+        # after it is then what puts the decoder in step. A lone checksum byte is skipped.
+        expected = [dict(MPPT)] if cut <= len(raw) - trailer or cut == len(raw) - 1 else []
         assert VEDirectDecoder().feed(raw[cut:] + raw) == expected, cut
+
+
+def test_a_stream_that_starts_exactly_at_a_block_keeps_its_first_block() -> None:
+    assert VEDirectDecoder().feed(encode_block(MPPT)) == [dict(MPPT)]  # opens with PID
+    assert VEDirectDecoder().feed(encode_block(BMV_HISTORY)) == [dict(BMV_HISTORY)]  # with H1
+    # A stream that starts at a field boundary may start with the tail of a block, whose sum
+    # comes out right one time in 256: a first block that does not open with PID or H1 only
+    # serves to get in step, however its checksum came out.
+    tail = encode_block([("V", "13250"), ("I", "1200")])
+    assert VEDirectDecoder().feed(tail + encode_block(MPPT)) == [dict(MPPT)]
+    # A capture that began right after "Checksum\t" starts with that block's checksum byte.
+    for lead in (b"\xb4", b"\x00", b"\t", b"\n"):
+        decoder = VEDirectDecoder()
+        assert decoder.feed(lead + encode_block(MPPT)) == [dict(MPPT)], lead
+        assert decoder.stats.corrupt == decoder.stats.blocks_bad_checksum == 0
+    assert VEDirectDecoder().feed(b"V\t1" + encode_block(MPPT) + encode_block(MPPT)) == [
+        dict(MPPT)]  # more than one byte before it: hunted, the first whole block gets in step
 
 
 def test_the_first_block_after_a_loss_of_sync_only_serves_to_get_in_step() -> None:
     decoder = VEDirectDecoder()
+    decoder.resync()  # as after (re)opening a port: we join the line somewhere
     assert decoder.feed(encode_block(MPPT)) == []  # where did it start? we cannot know
     assert decoder.feed(encode_block(MPPT)) == [dict(MPPT)]
     assert decoder.feed(b"noise" + encode_block(MPPT) + encode_block(BMV_LIVE)) == [

@@ -34,6 +34,11 @@ def _s16(value: int) -> int:
     return value - 0x10000 if value & 0x8000 else value
 
 
+def _percent(value: int) -> float | None:
+    """A state of charge in integer %: above 100 it is not one (absent, never clamped)."""
+    return float(value) if value <= 100 else None
+
+
 def _s32(value: int) -> int:
     return value - 0x1_0000_0000 if value & 0x8000_0000 else value
 
@@ -62,7 +67,7 @@ def epever_reading(blocks: Mapping[int, Registers], ts: float,
         load_voltage_v=live[0x0C] / 100, load_current_a=live[0x0D] / 100,
         load_power_w=_u32(live[0x0E], live[0x0F]) / 100,
         battery_temp_c=_s16(live[0x10]) / 100,
-        battery_soc_pct=float(soc[0]),
+        battery_soc_pct=_percent(soc[0]),
         battery_voltage_v=battery[0] / 100,
         battery_current_a=_s32(_u32(battery[1], battery[2])) / 100,
         battery_power_w=round(battery[0] / 100 * _s32(_u32(battery[1], battery[2])) / 100, 3),
@@ -96,7 +101,7 @@ def renogy_reading(blocks: Mapping[int, Registers], ts: float,
     faults = _u32(r[0x22], r[0x21])
     return Reading(
         ts=ts, driver="renogy", device_id=device_id,
-        battery_soc_pct=float(r[0]), battery_voltage_v=battery_v, battery_current_a=net_a,
+        battery_soc_pct=_percent(r[0]), battery_voltage_v=battery_v, battery_current_a=net_a,
         battery_power_w=round(battery_v * net_a, 3),
         battery_temp_c=float(_sign_magnitude(r[3] & 0xFF)),
         load_voltage_v=r[4] / 10, load_current_a=load_a, load_power_w=float(r[6]),

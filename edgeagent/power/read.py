@@ -40,8 +40,7 @@ def _vedirect(opts: ReadOptions, deadline: float) -> Iterator[Reading]:
         while time.monotonic() < deadline:
             for block in decoder.feed(port.read(max(port.in_waiting, 1))):
                 reading = device.update(block, ts=time.time())
-                # A BMV's history block may come first: print once the live values are known.
-                if reading.battery_voltage_v is not None:
+                if device.complete:  # a BMV's state is two blocks: print once both are in
                     yield reading
 
 

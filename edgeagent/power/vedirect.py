@@ -69,6 +69,9 @@ class DecoderStats:
 # for a whole one, and a tail passes the additive checksum one time in 256.
 _HUNT, _TRAILER, _BOUNDARY, _LABEL, _VALUE, _CHECKSUM = range(6)
 _CHECKSUM_LABEL = b"Checksum\t"
+# Labels that only ever open a block (an MPPT's or BMV's live block, a BMV's history block): a
+# stream that starts with CR LF and one of these starts with a whole block.
+_BLOCK_STARTS = frozenset({"PID", "H1"})
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 # The fast path's patterns. An ordinary field is a label (at most MAX_LABEL, not "Checksum"),
 # TAB, a value (at most MAX_VALUE), CR LF, both printable ASCII without the ':' that would open a
@@ -89,14 +92,20 @@ _FAST_MIN = 64
 class VEDirectDecoder:
     """Feed it bytes as they arrive; it returns each block that passed its checksum.
 
-    It starts (and restarts after corruption) by hunting for the end of a block, so the first
-    complete block after a loss of sync is skipped: no field is used before the line is known to
-    be in step.
+    After corruption or ``resync()`` (a reopened port) it hunts for the end of a block, so the
+    first complete block after a loss of sync is skipped: no field is used before the line is
+    known to be in step. A fresh decoder also keeps a first block that the stream opens with
+    exactly (CR LF, then ``PID`` or ``H1``, the labels that only start blocks; one leading byte,
+    the previous block's checksum, is allowed), so a capture cut at a block boundary loses
+    nothing; any other start is hunted through.
     """
 
     def __init__(self) -> None:
         self.stats = DecoderStats()
-        self._state = _HUNT
+        # A capture that begins exactly at a block (CR LF, then PID or H1) keeps its first
+        # block; anything else at the start is hunted through, as after a loss of sync.
+        self._state = _BOUNDARY
+        self._fresh = True
         self._match = 0  # how much of "Checksum\t" the hunt has seen
         self._in_hex = False
         self._hex = bytearray()
@@ -116,6 +125,7 @@ class VEDirectDecoder:
         """Forget any partial block and hunt for the next one (after a reopen); keep stats."""
         self._clear_block()
         self._state = _HUNT
+        self._fresh = False
         self._match = 0
         self._in_hex = False
 
@@ -274,6 +284,16 @@ class VEDirectDecoder:
                 self._sum = 0x0D + 0x0A
                 self._state = _LABEL
                 self._prev = b
+            elif self._fresh and self._prev == 0:
+                # The very first byte may be the checksum byte of the block before (a capture
+                # started right after "Checksum\t"): look for CR LF behind it.
+                self._prev = 0x100 + b
+            elif self._fresh:  # the stream starts mid-block: hunt, nothing is damaged
+                lead = self._prev - 0x100 if self._prev >= 0x100 else None
+                self.resync()
+                if lead is not None:  # it was not a checksum byte: the hunt sees it too
+                    self._byte(lead)
+                return self._byte(b)
             else:  # noise between blocks: we no longer know where the next one starts
                 self._corrupt()
             return None
@@ -357,6 +377,10 @@ class VEDirectDecoder:
         total = (self._sum + checksum_byte) & 0xFF
         fields = self._fields
         self._enter_boundary()
+        if self._fresh:
+            self._fresh = False
+            if not fields or fields[0][0] not in _BLOCK_STARTS:  # maybe the tail of a block
+                return None
         if total != 0 or not fields:  # a block without fields is never sent: a fragment
             self.stats.blocks_bad_checksum += 1
             return None
@@ -479,6 +503,13 @@ class VEDirectDevice:
     def __init__(self, device_id: str | None = None) -> None:
         self.device_id = device_id
         self.fields: dict[str, str] = {}
+
+    @property
+    def complete(self) -> bool:
+        """Whether the state has the live values and, for a battery monitor (it sends ``SOC``),
+        its history block (``H1``...) too."""
+        fields = self.fields
+        return "V" in fields and ("SOC" not in fields or "H1" in fields or "H4" in fields)
 
     def update(self, block: Mapping[str, str], ts: float = 0.0) -> Reading:
         """Merge ``block`` into the state; return the whole state as a reading stamped ``ts``."""
