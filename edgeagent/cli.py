@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--node", default="node1")
     demo.add_argument("--state-dir", type=Path, metavar="DIR",
                       help="keep the outbox here (default: a temporary directory)")
+    demo.add_argument("--charger", choices=("vedirect", "epever", "renogy"), default="vedirect",
+                      help="emulated charge controller (default: a SmartSolar MPPT)")
+    demo.add_argument("--monitor", choices=("vedirect", "jbd", "daly"), default="vedirect",
+                      help="emulated battery monitor (default: a SmartShunt)")
 
     run = sub.add_parser("run", help="the service (what systemd starts)")
     run.add_argument("--config", type=Path, required=True, metavar="PATH")
@@ -99,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_INVALID
         return run_demo(DemoOptions(duration_s=args.duration, speed=args.speed,
                                     broker=args.broker, site=args.site, node=args.node,
-                                    state_dir=args.state_dir))
+                                    state_dir=args.state_dir, charger=args.charger,
+                                    monitor=args.monitor))
     if args.command == "run":
         from edgeagent.config import ConfigError, load_config
         from edgeagent.service import run_service

@@ -2,7 +2,9 @@
 
 An emulated SmartSolar MPPT and SmartShunt speak VE.Direct on two pseudo-terminals, driven by
 a real solar trace (TMY3, Greensboro NC, June 21) at accelerated time and by a battery model
-that the agent's own inference load drains. The agent reads them through its real driver,
+that the agent's own inference load drains. ``--charger`` and ``--monitor`` swap in any other
+emulated device on the same battery and panel (EPEver or Renogy over Modbus RTU, a JBD or
+Daly BMS). The agent reads them through its real drivers,
 the real governor sets the number of inference workers running the bundled int8 model, and
 telemetry goes through the SQLite outbox to MQTT when a broker is given.
 """
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -23,9 +26,15 @@ from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, GovernorConfig
 from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.power.poller import PolledReader
+from edgeagent.power.read import open_poller
 from edgeagent.power.reader import SerialReader
+from edgeagent.power.source import PowerSource
 from edgeagent.sim.battery import Battery
+from edgeagent.sim.bms import DalyEmulator, JBDEmulator
+from edgeagent.sim.device import DeviceEmulator
 from edgeagent.sim.emulator import SiteEmulator
+from edgeagent.sim.modbus import EPEverEmulator, RenogyEmulator
 from edgeagent.sim.solar import SolarTrace, hour_of_year
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox, OutboxError
@@ -41,6 +50,15 @@ START = (6, 21)
 TELEMETRY_EVERY_SIM_S = 600.0
 TICK_WALL_S = 0.1
 STATUS_EVERY_WALL_S = 2.0
+POLL_WALL_S = 0.25  # polled devices are asked this often (wall time)
+CHARGERS = ("vedirect", "epever", "renogy")
+MONITORS = ("vedirect", "jbd", "daly")
+POLLED_EMULATORS: dict[str, tuple[type[DeviceEmulator], str]] = {
+    "epever": (EPEverEmulator, "EPEver Tracer (Modbus RTU)"),
+    "renogy": (RenogyEmulator, "Renogy Rover (Modbus RTU)"),
+    "jbd": (JBDEmulator, "JBD BMS"),
+    "daly": (DalyEmulator, "Daly BMS"),
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,8 @@ class DemoOptions:
     node: str = "node1"
     state_dir: Path | None = None
     max_workers: int = 2
+    charger: str = "vedirect"
+    monitor: str = "vedirect"
 
 
 @contextmanager
@@ -86,6 +106,29 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         return 2
 
 
+def _devices(emulator: SiteEmulator, options: DemoOptions
+             ) -> tuple[list[PowerSource], list[DeviceEmulator], list[str]]:
+    """The battery monitor's reader first (its state of charge is what the governor trusts),
+    then the charger's; the extra emulators they read; and a line describing each."""
+    sources: list[PowerSource] = []
+    extra: list[DeviceEmulator] = []
+    described: list[str] = []
+    for driver, builtin, name in ((options.monitor, emulator.shunt.port, "SmartShunt"),
+                                  (options.charger, emulator.mppt.port, "SmartSolar MPPT")):
+        if driver == "vedirect":
+            sources.append(SerialReader(builtin))
+            described.append(f"{name} (VE.Direct) on {builtin}")
+            continue
+        cls, label = POLLED_EMULATORS[driver]
+        device = cls(emulator.device_state)
+        extra.append(device)
+        port = device.port
+        sources.append(PolledReader(partial(open_poller, driver, port, timeout_s=0.5),
+                                    name=port, interval_s=POLL_WALL_S))
+        described.append(f"{label} on {port}")
+    return sources, extra, described
+
+
 def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     board = load_board(BOARD)
     battery_cfg = BatteryConfig(capacity_wh=BATTERY_WH)
@@ -96,8 +139,7 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     emulator = SiteEmulator(SolarTrace.bundled(), Battery(BATTERY_WH, START_SOC_PCT),
                             start_hour=hour_of_year(*START), speed=options.speed,
                             panel_wp=PANEL_WP, load_w=lambda: board.load_w(pool.busy_cores()))
-    # The shunt first: its state of charge is what the governor trusts.
-    readers = [SerialReader(emulator.shunt.port), SerialReader(emulator.mppt.port)]
+    readers, devices, described = _devices(emulator, options)
     topics = Topics("edgeagent", options.site, options.node)
     link = MqttLink(options.broker, topics) if options.broker else None
     agent = Agent(sources=readers, board=board, battery=battery_cfg, governor=governor_cfg,
@@ -107,10 +149,12 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
           f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
           f"solar trace TMY3 Greensboro NC from June 21, {options.speed:.0f}x time", file=out)
-    print(f"  emulated MPPT on {emulator.mppt.port}, SmartShunt on {emulator.shunt.port}"
+    print("  emulated " + ", ".join(described)
           + (f", broker {options.broker}" if options.broker else ", no broker (outbox only)"),
           file=out)
     emulator.start()
+    for device in devices:
+        device.start()
     for r in readers:
         r.start()
     pool.start()
@@ -142,6 +186,8 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
             link.stop(outbox)
         for r in readers:
             r.stop()
+        for device in devices:
+            device.stop()
         emulator.stop()
     _summary(agent, emulator, link, outbox, out)
     return 0
@@ -173,6 +219,10 @@ def _summary(agent: Agent, emulator: SiteEmulator, link: MqttLink | None, outbox
     print(f"  telemetry           queued {agent.telemetry_queued}   published {published}   "
           f"pending {outbox.pending_count()}   dropped {outbox.dropped}{refused}{errors}",
           file=out)
+    for source in agent.sources:
+        c = source.counters()
+        print(f"  device {source.name}: valid {c['valid']}   invalid {c['invalid']}   "
+              f"reopens {c['reopens']}", file=out)
     pool_errors = stats.errors
     if pool_errors:
         print(f"  worker errors       {pool_errors} (last: {agent.pool.last_error})", file=out)

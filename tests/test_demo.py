@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import Broker, edgeagent_command, retained
 
 
@@ -81,3 +83,16 @@ def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     proc = demo("--duration", "1", "--state-dir", str(blocker / "state"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err and str(blocker) in err
+
+
+@pytest.mark.parametrize(("charger", "monitor"), [("renogy", "daly"), ("epever", "jbd")])
+def test_demo_runs_on_any_emulated_charger_and_battery_monitor(charger: str, monitor: str,
+                                                               tmp_path: Path) -> None:
+    proc = demo("--duration", "6", "--speed", "10800", "--state-dir", str(tmp_path),
+                "--charger", charger, "--monitor", monitor)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    # The sun shows up through the charger, the state of charge through the monitor.
+    assert re.search(r"PV +[1-9][\d.]* W  SoC +[\d.]+ %", out), out
+    devices = re.findall(r"device \S+: valid (\d+)   invalid (\d+)   reopens (\d+)", out)
+    assert len(devices) == 2 and all(int(valid) > 0 for valid, _, _ in devices), out
