@@ -33,7 +33,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edgeagent.power import daly, jbd, modbus, vedirect
 from edgeagent.power.reading import Reading
@@ -248,33 +248,50 @@ def jbd_reference(data: bytes) -> list[jbd.Frame]:
     return found
 
 
-def fuzz_jbd(rng: random.Random, mutated: bool, t: Tally) -> None:
-    frames = jbd_frames(rng) if mutated else []
+F = TypeVar("F")  # a protocol's decoded frame
+
+
+def fuzz_frames(rng: random.Random, mutated: bool, t: Tally,
+                frames: list[tuple[bytes, F | None]], feed: Callable[[bytes], list[F]],
+                reference: Callable[[bytes], list[F]]) -> tuple[list[F], list[F]]:
+    """One input through a polled protocol's parser: a mutation of ``frames`` (or random bytes)
+    fed in random pieces. Counts frames, bytes, missed and leaked frames into ``t``; returns
+    the original frames and the *altered* ones (not original, but their checksum verifies)."""
     originals = [f for _, f in frames if f is not None]
     clean = b"".join(raw for raw, _ in frames)
     if mutated:
         data = mutate(rng, clean, [raw for raw, _ in frames]) if rng.random() < 0.9 else clean
     else:
         data = random_bytes(rng)
-    decoder = jbd.JBDDecoder()
-    device = jbd.JBDDevice(stats=decoder.stats)
-    got = []
-    for piece in split(rng, data):
-        for frame in decoder.feed(piece):
-            got.append(frame)
-            device.update(frame, ts=1.0)
+    got = [frame for piece in split(rng, data) for frame in feed(piece)]
     t.frames += len(got)
     t.bytes += len(data)
     if mutated and data == clean and got != originals:
         t.missed += 1
         t.note("missed", data)
     strange = [f for f in got if f not in originals]
-    if strange:
-        allowed = jbd_reference(data)
-        leaks = [f for f in strange if f not in allowed]
-        t.leaks += len(leaks)
-        if leaks:
-            t.note("leak", (data, leaks))
+    if not strange:
+        return originals, []
+    allowed = reference(data)
+    leaks = [f for f in strange if f not in allowed]
+    t.leaks += len(leaks)
+    if leaks:
+        t.note("leak", (data, leaks))
+    return originals, [f for f in strange if f in allowed]
+
+
+def fuzz_jbd(rng: random.Random, mutated: bool, t: Tally) -> None:
+    decoder = jbd.JBDDecoder()
+    device = jbd.JBDDevice(stats=decoder.stats)
+
+    def feed(piece: bytes) -> list[jbd.Frame]:
+        frames = decoder.feed(piece)
+        for frame in frames:
+            device.update(frame, ts=1.0)
+        return frames
+
+    originals, _ = fuzz_frames(rng, mutated, t, jbd_frames(rng) if mutated else [], feed,
+                               jbd_reference)
     # State level: what reached the device must be an original frame's content.
     infos = [jbd.parse_basic_info(f.data) for f in originals if f.register == jbd.BASIC_INFO]
     cells = [jbd.parse_cells(f.data) for f in originals if f.register == jbd.CELL_VOLTAGES]
@@ -312,33 +329,18 @@ def daly_reference(data: bytes) -> list[daly.Frame]:
 
 
 def fuzz_daly(rng: random.Random, mutated: bool, t: Tally) -> None:
-    frames = daly_frames(rng) if mutated else []
-    originals = [f for _, f in frames if f is not None]
-    clean = b"".join(raw for raw, _ in frames)
-    if mutated:
-        data = mutate(rng, clean, [raw for raw, _ in frames]) if rng.random() < 0.9 else clean
-    else:
-        data = random_bytes(rng)
     decoder = daly.DalyDecoder()
     device = daly.DalyDevice(stats=decoder.stats)
-    got = []
-    for piece in split(rng, data):
-        for frame in decoder.feed(piece):
-            got.append(frame)
+
+    def feed(piece: bytes) -> list[daly.Frame]:
+        frames = decoder.feed(piece)
+        for frame in frames:
             device.update(frame, ts=1.0)
-    t.frames += len(got)
-    t.bytes += len(data)
-    if mutated and data == clean and got != originals:
-        t.missed += 1
-        t.note("missed", data)
-    strange = [f for f in got if f not in originals]
-    if strange:
-        allowed = daly_reference(data)
-        leaks = [f for f in strange if f not in allowed]
-        t.leaks += len(leaks)
-        t.altered += len(strange) - len(leaks)
-        if leaks:
-            t.note("leak", (data, leaks))
+        return frames
+
+    _, altered = fuzz_frames(rng, mutated, t, daly_frames(rng) if mutated else [], feed,
+                             daly_reference)
+    t.altered += len(altered)
 
 
 # ---------------------------------------------------------------- Modbus mappings
