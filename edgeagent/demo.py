@@ -51,8 +51,6 @@ TELEMETRY_EVERY_SIM_S = 600.0
 TICK_WALL_S = 0.1
 STATUS_EVERY_WALL_S = 2.0
 POLL_WALL_S = 0.25  # polled devices are asked this often (wall time)
-CHARGERS = ("vedirect", "epever", "renogy")
-MONITORS = ("vedirect", "jbd", "daly")
 POLLED_EMULATORS: dict[str, tuple[type[DeviceEmulator], str]] = {
     "epever": (EPEverEmulator, "EPEver Tracer (Modbus RTU)"),
     "renogy": (RenogyEmulator, "Renogy Rover (Modbus RTU)"),
