@@ -15,24 +15,21 @@ silent port.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import serial
-
 from edgeagent.power.modbus import MODBUS_DRIVERS, ModbusCharger
 from edgeagent.power.poller import BmsClient, Poller, PollError
-from edgeagent.power.read import open_poller
+from edgeagent.power.read import ReadOptions, open_poller, readings
 from edgeagent.power.reading import Reading
-from edgeagent.power.vedirect import VEDirectDecoder, VEDirectDevice
 
 VEDIRECT_BAUD = 19200
 # Every block arrives about 1 s after the previous one and the decoder skips the first block it
@@ -131,18 +128,10 @@ def describe_open_error(exc: OSError) -> str:
 
 
 def _listen_vedirect(port: str, listen_s: float) -> Reading | None:
-    """The device's state from the first whole block; a BMV or SmartShunt alternates a live
-    block and a history block, so listening goes on until a block with ``PID`` is merged."""
-    decoder, device = VEDirectDecoder(), VEDirectDevice()
-    reading = None
-    deadline = time.monotonic() + listen_s
-    with serial.Serial(port, VEDIRECT_BAUD, timeout=0.1, exclusive=True) as link:
-        while time.monotonic() < deadline:
-            for block in decoder.feed(link.read(max(link.in_waiting, 1))):
-                reading = device.update(block, ts=time.time())
-                if "PID" in device.fields:
-                    return reading
-    return reading
+    """The device's first complete state (a BMV's or SmartShunt's takes its live and its
+    history block), as ``edgeagent read`` gets it; None when none came in time."""
+    with contextlib.closing(readings(ReadOptions("vedirect", port, timeout_s=listen_s))) as found:
+        return next(found, None)  # closing: the port is free for the next driver at once
 
 
 def _ask(driver: str, port: str, baud: int, timeout_s: float) -> Reading:

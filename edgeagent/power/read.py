@@ -9,7 +9,7 @@ came within ``--timeout``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -34,7 +34,7 @@ class ReadOptions:
     interval_s: float = 1.0
 
 
-def _vedirect(opts: ReadOptions, deadline: float) -> Iterator[Reading]:
+def _vedirect(opts: ReadOptions, deadline: float) -> Generator[Reading, None, None]:
     decoder, device = VEDirectDecoder(), VEDirectDevice(device_id=opts.port)
     with serial.Serial(opts.port, opts.baud or 19200, timeout=0.2, exclusive=True) as port:
         while time.monotonic() < deadline:
@@ -52,7 +52,7 @@ def open_poller(driver: str, port: str, baud: int | None = None, unit: int = 1,
     return BmsClient(driver, port, baud)
 
 
-def _polled(opts: ReadOptions, deadline: float) -> Iterator[Reading]:
+def _polled(opts: ReadOptions, deadline: float) -> Generator[Reading, None, None]:
     device = open_poller(opts.driver, opts.port, opts.baud, opts.unit, min(1.0, opts.timeout_s))
     try:
         while time.monotonic() < deadline:
@@ -66,7 +66,8 @@ def _polled(opts: ReadOptions, deadline: float) -> Iterator[Reading]:
         device.close()
 
 
-def readings(opts: ReadOptions) -> Iterator[Reading]:
+def readings(opts: ReadOptions) -> Generator[Reading, None, None]:
+    """Readings until the timeout; close the generator to release the port early."""
     deadline = time.monotonic() + opts.timeout_s
     if opts.driver == "vedirect":
         return _vedirect(opts, deadline)
