@@ -54,7 +54,7 @@ setup(
     package_dir={"edgeagent.board_profiles": "boards"},
     package_data={
         "edgeagent.board_profiles": ["*.toml"],
-        "edgeagent.infer.models": ["*.onnx", "*.npz", "*.md"],
+        "edgeagent.infer.models": ["*.onnx", "*.tflite", "*.npz", "*.md"],
         "edgeagent.sim.data": ["*.csv", "*.md"],
     },
     ext_modules=kernel_extensions(),
