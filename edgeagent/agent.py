@@ -11,12 +11,13 @@ from dataclasses import asdict
 from typing import Any
 
 from edgeagent.boards import BoardProfile
-from edgeagent.config import BatteryConfig, GovernorConfig
+from edgeagent.config import BatteryConfig, GovernorConfig, WorkloadConfig
 from edgeagent.governor import Decision, decide
 from edgeagent.power.source import PowerSource
 from edgeagent.state import SiteState
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
+from edgeagent.workloads.energy import EnergyLedger, solar_share_now
 from edgeagent.workloads.pool import WorkerPool
 
 
@@ -24,7 +25,7 @@ class Agent:
     def __init__(self, *, sources: Sequence[PowerSource], board: BoardProfile,
                  battery: BatteryConfig, governor: GovernorConfig, stale_after_s: float,
                  pool: WorkerPool, outbox: Outbox, topics: Topics, link: MqttLink | None,
-                 telemetry_interval_s: float,
+                 telemetry_interval_s: float, workload: WorkloadConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` drives telemetry cadence and time-at-level: wall time on a board,
         simulated time in the demo. Staleness always uses the monotonic wall clock."""
@@ -38,7 +39,10 @@ class Agent:
         self.topics = topics
         self.link = link
         self.telemetry_interval_s = telemetry_interval_s
+        self.workload = workload or WorkloadConfig(model=pool.model)
         self.clock = clock
+        self.energy = EnergyLedger()
+        self._cpu_s_seen = 0.0
         self.decision: Decision | None = None
         self.state = SiteState()
         self.time_at_level: defaultdict[int, float] = defaultdict(float)
@@ -62,7 +66,10 @@ class Agent:
             self.time_at_level[self.decision.workers] += now - self._last_tick
         self._last_tick = now
         self.state = self.site_state()
-        self.decision = decide(self.state, self.board, self.battery, self.governor, self.decision)
+        self._account_energy()
+        self.decision = decide(self.state, self.board, self.battery, self.governor, self.decision,
+                               self.workload)
+        self.pool.set_model(self.decision.model)
         self.pool.set_workers(self.decision.workers)
         try:
             if now >= self._next_telemetry:
@@ -77,16 +84,34 @@ class Agent:
             self.last_outbox_error = str(exc)
         return self.decision
 
-    def joules_per_inference(self) -> float | None:
-        """Marginal energy: CPU-seconds of inference times one busy core's watts, per inference.
+    def _account_energy(self) -> None:
+        """Book the inference energy since the last tick at the solar share seen now."""
+        cpu_s = self.pool.stats().cpu_s
+        spent_j = (cpu_s - self._cpu_s_seen) * self.board.watts_per_core
+        self._cpu_s_seen = cpu_s
+        if spent_j > 0:
+            board_w = self.board.load_w(self.pool.busy_cores())
+            self.energy.add(spent_j, solar_share_now(self.state, board_w))
 
-        An estimate from the board profile, not a meter reading: boards with a power sensor
-        replace it in a later issue.
-        """
+    @property
+    def energy_basis(self) -> str:
+        """How the joules are known: an estimate from the board profile, not a meter reading."""
+        return (f"estimate: CPU-s x {self.board.watts_per_core:.3f} W per busy core "
+                f"(board profile {self.board.name})")
+
+    def joules_per_inference(self) -> float | None:
+        """Marginal energy per inference: CPU-seconds times one busy core's watts."""
         stats = self.pool.stats()
         if not stats.inferences:
             return None
         return stats.cpu_s * self.board.watts_per_core / stats.inferences
+
+    def joules_per_job(self) -> float | None:
+        """The same per job (one batch of the workload)."""
+        stats = self.pool.stats()
+        if not stats.batches:
+            return None
+        return stats.cpu_s * self.board.watts_per_core / stats.batches
 
     @staticmethod
     def _device_health(source: PowerSource) -> dict[str, Any]:
@@ -95,8 +120,24 @@ class Agent:
         return {**source.counters(),
                 "device_id": None if latest is None else latest.device_id}
 
-    def telemetry(self) -> dict[str, Any]:
+    def _workload_telemetry(self) -> dict[str, Any]:
         stats = self.pool.stats()
+        watts = self.board.watts_per_core
+        share = self.energy.solar_share
+        return {
+            "model": self.pool.model, "inferences": stats.inferences, "jobs": stats.batches,
+            "cpu_s": round(stats.cpu_s, 3), "energy_j": round(self.energy.energy_j, 3),
+            "j_per_inference": self.joules_per_inference(), "j_per_job": self.joules_per_job(),
+            "solar_share": None if share is None else round(share, 4),
+            "energy_basis": self.energy_basis,
+            "models": {name: {"inferences": s.inferences, "jobs": s.batches,
+                              "accuracy": s.accuracy,
+                              "j_per_inference": s.cpu_s * watts / s.inferences
+                              if s.inferences else None}
+                       for name, s in stats.by_model.items()},
+        }
+
+    def telemetry(self) -> dict[str, Any]:
         decision = self.decision
         power = {k: v for k, v in asdict(self.state).items() if v is not None}
         return {
@@ -104,9 +145,8 @@ class Agent:
             "power": power,
             "decision": None if decision is None else {
                 "workers": decision.workers, "budget_w": round(decision.budget_w, 3),
-                "reason": decision.reason},
-            "workload": {"inferences": stats.inferences, "cpu_s": round(stats.cpu_s, 3),
-                         "j_per_inference": self.joules_per_inference()},
+                "model": decision.model, "reason": decision.reason},
+            "workload": self._workload_telemetry(),
             "devices": {s.name: self._device_health(s) for s in self.sources},
             "outbox": {"pending": self.outbox.pending_count(), "dropped": self.outbox.dropped,
                        "errors": self.outbox_errors,

@@ -66,7 +66,81 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--driver", required=True, help="vedirect, jbd or daly")
     decode.add_argument("file", nargs="?", type=Path, metavar="FILE",
                         help="capture file (default: standard input)")
+    bench = sub.add_parser("bench", help="inference and kernel benchmark: fp32 vs int8, "
+                           "compiled vs NumPy, latency, throughput, accuracy, CPU-s and J")
+    bench.add_argument("--model", action="append", default=[], metavar="PATH",
+                       help="a .onnx/.tflite file or bundled model name (repeatable; the first "
+                       "is the baseline); default: every bundled model")
+    bench.add_argument("--data", type=Path, metavar="NPZ",
+                       help="inputs (x) and labels (y) for models that do not take digits")
+    bench.add_argument("--board", default="raspberry-pi-4",
+                       help="board profile for estimated joules (default raspberry-pi-4)")
+    bench.add_argument("--rounds", type=int, default=5, metavar="N",
+                       help="interleaved rounds; figures are medians (default 5)")
+    bench.add_argument("--budget", type=float, default=0.1, metavar="S",
+                       help="seconds of calls per measurement and round (default 0.1)")
+    bench.add_argument("--duty-calls", type=int, default=300, metavar="N",
+                       help="single inferences in the duty-cycle measurement (default 300)")
+    bench.add_argument("--energy-window", type=float, default=10.0, metavar="S",
+                       help="idle and busy window per model with a power sensor (default 10)")
+    bench.add_argument("--sensor-root", type=Path, default=Path("/"), metavar="DIR",
+                       help="filesystem root to look for power sensors under (default /)")
+    bench.add_argument("--no-kernels", action="store_true", help="skip the kernel comparison")
+    bench.add_argument("--json", action="store_true", help="one JSON object")
+
+    quantize = sub.add_parser("quantize", help="int8 static quantization (QDQ) of an ONNX "
+                              "model, with an accuracy and speed report")
+    quantize.add_argument("input", type=Path, metavar="IN", help="float32 ONNX model")
+    quantize.add_argument("output", type=Path, metavar="OUT", help="int8 ONNX model to write")
+    quantize.add_argument("--calibration", type=Path, required=True, metavar="DATA",
+                          help=".npy (first axis: samples), .npz (inputs 'x', optional labels "
+                          "'y') or a folder of images (one subfolder per class: labeled)")
+    quantize.add_argument("--per-channel", action="store_true",
+                          help="per-channel weight scales (better accuracy, slightly larger)")
+    quantize.add_argument("--labels", type=Path, metavar="FILE",
+                          help=".npy of integer labels for .npy calibration data")
+    quantize.add_argument("--activations", choices=("int8", "uint8"), default="int8",
+                          help="activation type (default int8, best on ARM)")
+    quantize.add_argument("--method", choices=("minmax", "entropy", "percentile"),
+                          default="minmax", help="calibration method (default minmax)")
+    quantize.add_argument("--samples", type=int, default=256, metavar="N",
+                          help="at most N calibration samples, a seeded subset (default 256)")
+    quantize.add_argument("--mean", metavar="M[,M,M]",
+                          help="images: per-channel mean of pixel/255 to subtract")
+    quantize.add_argument("--std", metavar="S[,S,S]",
+                          help="images: per-channel standard deviation to divide by")
+    quantize.add_argument("--json", action="store_true", help="the report as one JSON object")
     return p
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edgeagent.boards import load_board
+    from edgeagent.infer.bench import BenchOptions, print_report, run_bench, write_json
+    from edgeagent.infer.energy import find_meter
+
+    if args.rounds < 1 or args.budget <= 0 or args.duty_calls < 1 or args.energy_window <= 0:
+        print("edgeagent bench: --rounds, --budget, --duty-calls and --energy-window must be "
+              "positive", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        board = load_board(args.board)
+    except KeyError as exc:
+        print(f"edgeagent bench: --board: {exc.args[0]}", file=sys.stderr)
+        return EXIT_INVALID
+    meter = find_meter(args.sensor_root)
+    options = BenchOptions(rounds=args.rounds, budget_s=args.budget, duty_calls=args.duty_calls,
+                           data=args.data, kernels=not args.no_kernels,
+                           energy_idle_s=args.energy_window,
+                           **({"models": tuple(args.model)} if args.model else {}))
+    try:
+        report = run_bench(options, board, meter,
+                           progress=lambda msg: print(f"bench: {msg}", file=sys.stderr,
+                                                      flush=True))
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        print(f"edgeagent bench: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    (write_json if args.json else print_report)(report, sys.stdout)
+    return 0
 
 
 def _config_check(path: Path) -> int:
@@ -132,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INVALID
         return run_probe(args.port, args.json, sys.stdout, sys.stderr, listen_s=args.listen,
                          timeout_s=args.timeout)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "decode":
         from edgeagent.power.decode import run_decode
 
@@ -146,4 +222,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `edgeagent decode ... | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+    if args.command == "quantize":
+        from edgeagent.infer.quantize import (
+            QuantizeError,
+            QuantizeFailed,
+            QuantizeOptions,
+            format_report,
+            parse_channel_values,
+            quantize_model,
+        )
+
+        try:
+            options = QuantizeOptions(
+                per_channel=args.per_channel, activations=args.activations,
+                method=args.method, samples=args.samples, labels=args.labels,
+                mean=parse_channel_values(args.mean, "--mean"),
+                std=parse_channel_values(args.std, "--std"))
+            report = quantize_model(args.input, args.output, args.calibration, options)
+        except QuantizeError as exc:
+            print(f"edgeagent quantize: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        except QuantizeFailed as exc:
+            print(f"edgeagent quantize: {exc}", file=sys.stderr)
+            return 1
+        print(report.to_json() if args.json else format_report(report))
+        return 0
     raise AssertionError(args.command)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeagent import tomlfile
 from edgeagent.boards import BoardProfile, available_boards, load_board
+from edgeagent.infer.bundled import BUNDLED_MODELS
 from edgeagent.telemetry.address import BrokerAddress
 
 Driver = Literal["vedirect", "jbd", "daly", "epever", "renogy"]
@@ -72,10 +73,53 @@ class GovernorConfig(Section):
     tick_s: float = Field(default=5.0, gt=0, le=3600)
 
 
+def _model_ref(model: str) -> str:
+    """A bundled model's name, or a path to an existing .onnx/.tflite file."""
+    if model in BUNDLED_MODELS:
+        return model
+    path = Path(model)
+    if path.suffix.lower() not in (".onnx", ".tflite"):
+        raise ValueError(f"{model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) "
+                         "nor a path to a .onnx or .tflite file")
+    if not path.is_file():
+        raise ValueError(f"no model file at {model}")
+    return model
+
+
+class ModelFallback(Section):
+    """A cheaper model to run while the governor's power budget is below ``below_budget_w``."""
+
+    model: str
+    below_budget_w: float = Field(gt=0, le=1000)
+
+    _check_model = field_validator("model")(_model_ref)
+
+
 class WorkloadConfig(Section):
-    model: Literal["digits-int8", "digits-fp32"] = "digits-int8"
+    """What the workers run: ``model`` when energy allows, a fallback when the budget is short.
+
+    With several fallbacks, the one with the lowest ``below_budget_w`` that the budget is under
+    wins: list one per band, from generous to scarce.
+    """
+
+    model: str = "digits-int8"
+    fallbacks: list[ModelFallback] = Field(default_factory=list, max_length=8)
     batch_size: int = Field(default=32, ge=1, le=4096)
     threads_per_worker: int = Field(default=1, ge=1, le=16)
+
+    _check_model = field_validator("model")(_model_ref)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _distinct_bands(cls, fallbacks: list[ModelFallback]) -> list[ModelFallback]:
+        thresholds = [f.below_budget_w for f in fallbacks]
+        if len(set(thresholds)) != len(thresholds):
+            raise ValueError("each fallback needs its own below_budget_w")
+        return fallbacks
+
+    def models(self) -> list[str]:
+        """Every model the workers may be asked to run, the main one first."""
+        return list(dict.fromkeys([self.model, *(f.model for f in self.fallbacks)]))
 
 
 class TelemetryConfig(Section):

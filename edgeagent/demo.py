@@ -24,7 +24,7 @@ from typing import TextIO
 
 from edgeagent.agent import Agent
 from edgeagent.boards import load_board
-from edgeagent.config import BatteryConfig, GovernorConfig
+from edgeagent.config import BatteryConfig, GovernorConfig, ModelFallback, WorkloadConfig
 from edgeagent.infer import DigitsClassifier, load_bundled_samples
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
@@ -51,6 +51,9 @@ TELEMETRY_EVERY_SIM_S = 600.0
 TICK_WALL_S = 0.1
 STATUS_EVERY_WALL_S = 2.0
 POLL_WALL_S = 0.25  # polled devices are asked this often (wall time)
+# The large int8 model while the budget allows it, the small one when energy is short.
+WORKLOAD = WorkloadConfig(model="digits-large-int8",
+                          fallbacks=[ModelFallback(model="digits-int8", below_budget_w=2.0)])
 POLLED_EMULATORS: dict[str, tuple[type[DeviceEmulator], str]] = {
     "epever": (EPEverEmulator, "EPEver Tracer (Modbus RTU)"),
     "renogy": (RenogyEmulator, "Renogy Rover (Modbus RTU)"),
@@ -132,8 +135,8 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     battery_cfg = BatteryConfig(capacity_wh=BATTERY_WH)
     governor_cfg = GovernorConfig(max_workers=options.max_workers)
     samples, labels = load_bundled_samples()
-    pool = WorkerPool(lambda: DigitsClassifier.bundled("int8"), samples, labels,
-                      max_workers=options.max_workers)
+    pool = WorkerPool(DigitsClassifier.load, samples, labels, max_workers=options.max_workers,
+                      model=WORKLOAD.model)
     emulator = SiteEmulator(SolarTrace.bundled(), Battery(BATTERY_WH, START_SOC_PCT),
                             start_hour=hour_of_year(*START), speed=options.speed,
                             panel_wp=PANEL_WP, load_w=lambda: board.load_w(pool.busy_cores()))
@@ -142,7 +145,7 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     link = MqttLink(options.broker, topics) if options.broker else None
     agent = Agent(sources=readers, board=board, battery=battery_cfg, governor=governor_cfg,
                   stale_after_s=5.0, pool=pool, outbox=outbox, topics=topics, link=link,
-                  telemetry_interval_s=TELEMETRY_EVERY_SIM_S,
+                  telemetry_interval_s=TELEMETRY_EVERY_SIM_S, workload=WORKLOAD,
                   clock=lambda: emulator.sim_hour * 3600.0)
     print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
           f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
@@ -173,7 +176,7 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
                 pv = agent.state.pv_power_w
                 print(f"  {_clock_text(emulator.sim_hour)}  PV {pv or 0:5.1f} W  "
                       f"SoC {'  ?  ' if soc is None else f'{soc:5.1f}'} %  "
-                      f"workers {decision.workers}/{options.max_workers}  "
+                      f"workers {decision.workers}/{options.max_workers} on {decision.model}  "
                       f"{rate:9.0f} inferences/s  ({decision.reason})", file=out, flush=True)
             time.sleep(TICK_WALL_S)
     except KeyboardInterrupt:
@@ -205,9 +208,17 @@ def _summary(agent: Agent, emulator: SiteEmulator, link: MqttLink | None, outbox
           f"   end {emulator.battery.soc_pct:.1f} %", file=out)
     accuracy = "" if stats.accuracy is None else f"   accuracy {stats.accuracy:.2%}"
     print(f"  inferences          {stats.inferences}{accuracy}", file=out)
+    jpj, share = agent.joules_per_job(), agent.energy.solar_share
     print("  energy/inference    " + ("n/a" if jpi is None else
-          f"{jpi * 1e6:.1f} uJ (estimated: {stats.cpu_s:.1f} CPU-s x "
-          f"{agent.board.watts_per_core:.3f} W per busy core)"), file=out)
+          f"{jpi * 1e6:.1f} uJ   per job {jpj or 0:.4f} J   "
+          f"total {agent.energy.energy_j:.1f} J   solar share "
+          + ("n/a" if share is None else f"{share:.0%}")
+          + f" ({agent.energy_basis})"), file=out)
+    for name, done in sorted(stats.by_model.items()):
+        model_accuracy = "" if done.accuracy is None else f"   accuracy {done.accuracy:.2%}"
+        print(f"  model {name}: {done.inferences} inferences in {done.batches} jobs   "
+              f"{done.cpu_s * agent.board.watts_per_core / max(done.inferences, 1) * 1e6:.1f} "
+              f"uJ/inference{model_accuracy}", file=out)
     levels = "   ".join(f"{w} workers {s / total_level_s:.0%}"
                         for w, s in sorted(agent.time_at_level.items()))
     print(f"  time at work level  {levels}", file=out)

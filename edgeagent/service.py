@@ -10,12 +10,13 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from functools import partial
 from types import FrameType
 from typing import TextIO
 
 from edgeagent.agent import Agent
 from edgeagent.config import Config, PowerDevice
-from edgeagent.infer import DigitsClassifier, Variant, load_bundled_samples
+from edgeagent.infer import DigitsClassifier, load_bundled_samples
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
 from edgeagent.power.reader import SerialReader
@@ -40,12 +41,17 @@ def device_reader(device: PowerDevice) -> PowerSource:
 
 def run_service(config: Config, out: TextIO = sys.stderr) -> int:
     board = config.site.profile()
-    variant: Variant = "int8" if config.workload.model == "digits-int8" else "fp32"
-    threads = config.workload.threads_per_worker
+    workload = config.workload
     samples, labels = load_bundled_samples()
-    pool = WorkerPool(lambda: DigitsClassifier.bundled(variant, threads=threads), samples, labels,
-                      max_workers=config.governor.max_workers,
-                      batch_size=config.workload.batch_size)
+    try:  # load every model once now: a broken model file is a start-up error, not a loop
+        for model in workload.models():
+            DigitsClassifier.load(model)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"edgeagent run: workload model: {exc}", file=out)
+        return 2
+    pool = WorkerPool(partial(DigitsClassifier.load, threads=workload.threads_per_worker),
+                      samples, labels, max_workers=config.governor.max_workers,
+                      batch_size=workload.batch_size, model=workload.model)
     readers = [device_reader(d) for d in config.power.devices]
     tel = config.telemetry
     topics = Topics(tel.topic_root, config.site.id, config.site.node)
@@ -59,7 +65,8 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
             if tel.broker else None)
     agent = Agent(sources=readers, board=board, battery=config.battery, governor=config.governor,
                   stale_after_s=config.power.stale_after_s, pool=pool, outbox=outbox,
-                  topics=topics, link=link, telemetry_interval_s=tel.interval_s)
+                  topics=topics, link=link, telemetry_interval_s=tel.interval_s,
+                  workload=workload)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -74,13 +81,14 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
         link.start()
     print(f"edgeagent running: site {config.site.id} node {config.site.node}, "
           f"{len(readers)} power device(s), board {board.name}", file=out, flush=True)
-    last_workers: int | None = None
+    last: tuple[int, str] | None = None
     try:
         while not stop.is_set():
             decision = agent.tick()
-            if decision.workers != last_workers:  # log changes, not every tick
-                last_workers = decision.workers
-                print(f"workers {decision.workers}: {decision.reason}", file=out, flush=True)
+            if (decision.workers, decision.model) != last:  # log changes, not every tick
+                last = (decision.workers, decision.model)
+                print(f"workers {decision.workers} on {decision.model}: {decision.reason}",
+                      file=out, flush=True)
             # Pump the link often; decide once per governor tick.
             for _ in range(max(int(config.governor.tick_s / 0.1), 1)):
                 if stop.wait(0.1):

@@ -26,7 +26,7 @@ def test_a_full_disk_is_counted_and_the_governor_keeps_deciding(tmp_path: Path) 
             outbox.enqueue("t", b"x" * 200)
             stored += 1
     x, y = load_bundled_samples()
-    pool = WorkerPool(lambda: DigitsClassifier.bundled("int8"), x, y, max_workers=1)
+    pool = WorkerPool(DigitsClassifier.load, x, y, max_workers=1)
     agent = Agent(sources=[], board=load_board("raspberry-pi-4"), battery=BatteryConfig(),
                   governor=GovernorConfig(max_workers=1), stale_after_s=5, pool=pool,
                   outbox=outbox, topics=Topics("edgeagent", "s", "n"), link=None,

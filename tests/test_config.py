@@ -97,3 +97,27 @@ def test_an_unknown_board_names_the_known_ones() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config('[site]\nboard = "pi-zero"\n')
     assert "raspberry-pi-5" in err.value.issues[0].message
+
+
+def test_a_model_is_a_bundled_name_or_an_existing_model_file(tmp_path: Path) -> None:
+    model = tmp_path / "mine.onnx"
+    model.write_bytes(b"not checked here: loading it is the service's start-up check")
+    config = parse_config(f'[workload]\nmodel = "{model}"\n'
+                          '[[workload.fallbacks]]\nmodel = "digits-int8-tflite"\n'
+                          'below_budget_w = 2.5\n')
+    assert config.workload.models() == [str(model), "digits-int8-tflite"]
+    with pytest.raises(ConfigError) as err:
+        parse_config('[workload]\nmodel = "digits-int4"\n'
+                     f'[[workload.fallbacks]]\nmodel = "{tmp_path / "gone.tflite"}"\n'
+                     'below_budget_w = 1\n')
+    issues = {i.path: i.message for i in err.value.issues}
+    assert "bundled model (digits-fp32" in issues["workload.model"]
+    assert "no model file at" in issues["workload.fallbacks.0.model"]
+
+
+def test_fallback_bands_must_differ() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config('[workload]\n[[workload.fallbacks]]\nmodel = "digits-int8"\n'
+                     'below_budget_w = 2\n[[workload.fallbacks]]\nmodel = "digits-fp32"\n'
+                     'below_budget_w = 2\n')
+    assert err.value.issues[0].path == "workload.fallbacks"

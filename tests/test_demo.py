@@ -26,6 +26,11 @@ def test_demo_without_a_broker_prints_progress_and_a_summary(tmp_path: Path) -> 
     for line in ("PV energy", "state of charge", "inferences", "energy/inference",
                  "time at work level", "telemetry"):
         assert line in out
+    energy = re.search(r"energy/inference +([\d.]+) uJ   per job ([\d.]+) J   total ([\d.]+) J"
+                       r"   solar share (\d+)% \(estimate: CPU-s x", out)
+    assert energy is not None, out
+    assert float(energy[1]) > 0 and float(energy[2]) > 0 and 0 <= int(energy[4]) <= 100
+    assert re.search(r"model digits-(large-)?int8: \d+ inferences in \d+ jobs", out), out
     inferences = int(re.search(r"inferences +(\d+)", out).group(1))  # type: ignore[union-attr]
     assert inferences > 0
     queued = int(re.search(r"queued (\d+)", out).group(1))  # type: ignore[union-attr]
@@ -55,6 +60,11 @@ def test_demo_with_a_broker_publishes_status_and_gapless_telemetry(
     first = telemetry[-1]
     assert {"ts", "power", "decision", "workload", "outbox"} <= first.keys()
     assert "battery_soc_pct" in first["power"]
+    workload = first["workload"]
+    assert {"model", "inferences", "jobs", "energy_j", "j_per_inference", "j_per_job",
+            "solar_share", "energy_basis", "models"} <= workload.keys()
+    assert workload["j_per_inference"] > 0 and 0 <= workload["solar_share"] <= 1
+    assert first["decision"]["model"] in workload["models"] or workload["inferences"] == 0
 
 
 def test_demo_seq_continues_after_a_restart_on_the_same_state_dir(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from edgeagent.boards import load_board
-from edgeagent.config import BatteryConfig, GovernorConfig
-from edgeagent.governor import decide
+from edgeagent.config import BatteryConfig, GovernorConfig, ModelFallback, WorkloadConfig
+from edgeagent.governor import choose_model, decide
 from edgeagent.state import SiteState
 
 BOARD = load_board("raspberry-pi-4")
@@ -54,3 +54,37 @@ def test_no_surplus_is_not_negative_work() -> None:
 def test_the_governor_is_a_pure_function() -> None:
     s = state(60, pv=10)
     assert decide(s, BOARD, BATTERY, GOV) == decide(s, BOARD, BATTERY, GOV)
+
+
+WORKLOAD = WorkloadConfig(model="digits-large-int8", fallbacks=[
+    ModelFallback(model="digits-int8", below_budget_w=4.0),
+    ModelFallback(model="digits-int8-tflite", below_budget_w=2.0)])
+
+
+def test_the_main_model_runs_while_the_budget_allows_it() -> None:
+    assert choose_model(10.0, WORKLOAD, None) == "digits-large-int8"
+    assert decide(state(90, pv=40), BOARD, BATTERY, GOV, workload=WORKLOAD).model \
+        == "digits-large-int8"
+
+
+def test_a_short_budget_picks_the_fallback_of_its_band() -> None:
+    assert choose_model(3.0, WORKLOAD, None) == "digits-int8"
+    assert choose_model(1.0, WORKLOAD, None) == "digits-int8-tflite"
+    # 40 % battery, no sun: 10 Wh above the reserve over 12 h is 0.83 W, the scarcest band.
+    assert decide(state(40), BOARD, BATTERY, GOV, workload=WORKLOAD).model \
+        == "digits-int8-tflite"
+
+
+def test_leaving_a_fallback_needs_a_margin_above_its_band() -> None:
+    assert choose_model(4.2, WORKLOAD, "digits-int8") == "digits-int8"  # within 10 %
+    assert choose_model(4.5, WORKLOAD, "digits-int8") == "digits-large-int8"
+    assert choose_model(2.1, WORKLOAD, "digits-int8-tflite") == "digits-int8-tflite"
+    # Going down to a cheaper model needs no margin: energy is short now.
+    assert choose_model(3.9, WORKLOAD, "digits-large-int8") == "digits-int8"
+
+
+def test_no_work_keeps_the_model_it_had() -> None:
+    running = decide(state(60), BOARD, BATTERY, GOV, workload=WORKLOAD)
+    blind = decide(state(60, stale=True), BOARD, BATTERY, GOV, previous=running,
+                   workload=WORKLOAD)
+    assert blind.workers == 0 and blind.model == running.model

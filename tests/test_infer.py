@@ -15,14 +15,13 @@ import pytest
 from edgeagent.infer import (
     DigitsClassifier,
     OnnxModel,
-    Variant,
     bundled_model_path,
     load_bundled_samples,
     session_options,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
+VARIANTS = ("fp32", "int8")
 SCORE_LINE = re.compile(r"^(fp32 accuracy|int8 accuracy|int8/fp32 agreement): "
                         r"([0-9.]+) \((\d+)/(\d+)\)$", re.MULTILINE)
 
@@ -35,8 +34,8 @@ def samples() -> Samples:
 
 
 @pytest.fixture(scope="module")
-def classifiers() -> dict[Variant, DigitsClassifier]:
-    return {v: DigitsClassifier.bundled(v) for v in VARIANTS}
+def classifiers() -> dict[str, DigitsClassifier]:
+    return {v: DigitsClassifier.load(f"digits-{v}") for v in VARIANTS}
 
 
 def scores(text: str) -> dict[str, tuple[int, int]]:
@@ -54,8 +53,8 @@ def test_bundled_samples_are_the_raw_test_set(samples: Samples) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bundled_model_is_accurate(variant: Variant, samples: Samples,
-                                   classifiers: dict[Variant, DigitsClassifier]) -> None:
+def test_bundled_model_is_accurate(variant: str, samples: Samples,
+                                   classifiers: dict[str, DigitsClassifier]) -> None:
     x, y = samples
     labels, _ = classifiers[variant].classify(x)
     assert labels.shape == (len(x), 1)
@@ -63,7 +62,7 @@ def test_bundled_model_is_accurate(variant: Variant, samples: Samples,
 
 
 def test_int8_agrees_with_fp32(samples: Samples,
-                               classifiers: dict[Variant, DigitsClassifier]) -> None:
+                               classifiers: dict[str, DigitsClassifier]) -> None:
     x, _ = samples
     fp32, _ = classifiers["fp32"].classify(x)
     int8, _ = classifiers["int8"].classify(x)
@@ -71,9 +70,9 @@ def test_int8_agrees_with_fp32(samples: Samples,
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_model_files_match_the_spec(variant: Variant) -> None:
+def test_model_files_match_the_spec(variant: str) -> None:
     """IR 8 and opset 17 keep onnxruntime 1.16 (newest for older boards' Pythons) able to load."""
-    model = onnx.load(str(bundled_model_path(variant)))
+    model = onnx.load(str(bundled_model_path(f"digits-{variant}")))
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == 8
     assert {(o.domain, o.version) for o in model.opset_import} == {("", 17)}
@@ -87,7 +86,7 @@ def test_model_files_match_the_spec(variant: Variant) -> None:
 
 
 def test_int8_file_really_is_qdq_int8() -> None:
-    model = onnx.load(str(bundled_model_path("int8")))
+    model = onnx.load(str(bundled_model_path("digits-int8")))
     ops = [n.op_type for n in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     inits = {t.name: t for t in model.graph.initializer}
@@ -109,13 +108,14 @@ def test_int8_file_really_is_qdq_int8() -> None:
 
 
 def test_int8_file_is_smaller() -> None:
-    assert bundled_model_path("int8").stat().st_size < bundled_model_path("fp32").stat().st_size
+    int8, fp32 = bundled_model_path("digits-int8"), bundled_model_path("digits-fp32")
+    assert int8.stat().st_size < fp32.stat().st_size
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_top3_is_sorted_and_consistent_with_logits(
-        variant: Variant, samples: Samples,
-        classifiers: dict[Variant, DigitsClassifier]) -> None:
+        variant: str, samples: Samples,
+        classifiers: dict[str, DigitsClassifier]) -> None:
     x, _ = samples
     clf = classifiers[variant]
     indices, probs = clf.classify(x, k=3)
@@ -131,8 +131,8 @@ def test_top3_is_sorted_and_consistent_with_logits(
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_batch_of_one_and_batch_of_many_agree(
-        variant: Variant, samples: Samples,
-        classifiers: dict[Variant, DigitsClassifier]) -> None:
+        variant: str, samples: Samples,
+        classifiers: dict[str, DigitsClassifier]) -> None:
     x, _ = samples
     clf = classifiers[variant]
     many_idx, many_p = clf.classify(x, k=3)
@@ -148,7 +148,7 @@ def test_batch_of_one_and_batch_of_many_agree(
 
 
 def test_classify_accepts_any_numeric_pixels(samples: Samples,
-                                             classifiers: dict[Variant, DigitsClassifier]) -> None:
+                                             classifiers: dict[str, DigitsClassifier]) -> None:
     x, _ = samples
     clf = classifiers["int8"]
     reference, _ = clf.classify(x[:50])
@@ -159,29 +159,29 @@ def test_classify_accepts_any_numeric_pixels(samples: Samples,
     np.testing.assert_array_equal(got, reference)
 
 
-def test_empty_batch_gives_empty_results(classifiers: dict[Variant, DigitsClassifier]) -> None:
+def test_empty_batch_gives_empty_results(classifiers: dict[str, DigitsClassifier]) -> None:
     indices, probs = classifiers["int8"].classify(np.zeros((0, 64), np.uint8), k=2)
     assert indices.shape == probs.shape == (0, 2)
 
 
 @pytest.mark.parametrize("shape", [(63,), (10, 63), (10, 65), (2, 8, 8), (1, 1, 64), ()])
 def test_wrong_shape_is_a_clear_value_error(
-        shape: tuple[int, ...], classifiers: dict[Variant, DigitsClassifier]) -> None:
+        shape: tuple[int, ...], classifiers: dict[str, DigitsClassifier]) -> None:
     with pytest.raises(ValueError, match=r"shape \(64,\) or \(batch, 64\)"):
         classifiers["int8"].classify(np.zeros(shape, np.uint8))
 
 
 @pytest.mark.parametrize("k", [0, -1, 11])
 def test_k_out_of_range_is_a_value_error(
-        k: int, classifiers: dict[Variant, DigitsClassifier]) -> None:
+        k: int, classifiers: dict[str, DigitsClassifier]) -> None:
     with pytest.raises(ValueError, match=r"k must be in 1\.\.10"):
         classifiers["int8"].classify(np.zeros((1, 64), np.uint8), k=k)
 
 
 def test_onnx_model_checks_shapes_and_reports_names() -> None:
-    model = OnnxModel(bundled_model_path("fp32"))
-    assert (model.input_name, model.output_name) == ("pixels", "logits")
-    assert model.path == bundled_model_path("fp32")
+    model = OnnxModel(bundled_model_path("digits-fp32"))
+    assert (model.input.name, model.output.name) == ("pixels", "logits")
+    assert model.path == bundled_model_path("digits-fp32")
     assert model.run(np.zeros((4, 64), np.float32)).shape == (4, 10)
     with pytest.raises(ValueError, match=r"expects shape \['N', 64\], got \[4, 63\]"):
         model.run(np.zeros((4, 63), np.float32))
@@ -199,8 +199,8 @@ def test_session_options_suit_small_boards() -> None:
 
 
 def test_unknown_variant_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown model variant"):
-        bundled_model_path("fp16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown bundled model 'fp16'; bundled: digits-fp32"):
+        bundled_model_path("fp16")
 
 
 def test_regeneration_script_reproduces_the_model_card(tmp_path: Path) -> None:
@@ -210,7 +210,8 @@ def test_regeneration_script_reproduces_the_model_card(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     printed = scores(done.stdout)
-    card = scores(bundled_model_path("int8").with_name("README.md").read_text(encoding="utf-8"))
+    card_path = bundled_model_path("digits-int8").with_name("README.md")
+    card = scores(card_path.read_text(encoding="utf-8"))
     assert set(printed) == {"fp32 accuracy", "int8 accuracy", "int8/fp32 agreement"}
     assert printed == card
     assert scores((tmp_path / "README.md").read_text(encoding="utf-8")) == card

@@ -23,7 +23,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_parked_workers_do_no_work_and_allowed_ones_classify_correctly() -> None:
     x, y = load_bundled_samples()
-    pool = WorkerPool(lambda: DigitsClassifier.bundled("int8"), x, y, max_workers=2)
+    pool = WorkerPool(DigitsClassifier.load, x, y, max_workers=2)
     pool.start()
     try:
         time.sleep(0.3)
@@ -59,7 +59,7 @@ class Flaky:
 
 def test_a_failing_batch_is_counted_and_the_worker_keeps_going() -> None:
     x, y = load_bundled_samples()
-    pool = WorkerPool(Flaky, x, y, max_workers=1)
+    pool = WorkerPool(lambda model: Flaky(), x, y, max_workers=1)
     pool.start()
     pool.set_workers(1)
     try:

@@ -1,5 +1,5 @@
 """The governor box: decide how much work the site's sun and battery can pay for."""
 
-from edgeagent.governor.policy import Decision, decide
+from edgeagent.governor.policy import Decision, choose_model, decide
 
-__all__ = ["Decision", "decide"]
+__all__ = ["Decision", "choose_model", "decide"]

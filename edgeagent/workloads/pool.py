@@ -1,9 +1,11 @@
 """The worker pool: inference workers whose number the governor sets every tick.
 
-Each worker is a thread with its own model session (onnxruntime releases the GIL while it
-computes). A worker above the allowed count parks between batches, so throttling takes effect
-within one batch. CPU time is measured per thread, which is what the energy estimate and the
-emulated board load are built on.
+Each worker is a thread with its own model session (onnxruntime and LiteRT release the GIL
+while they compute). A worker above the allowed count parks between batches, so throttling
+takes effect within one batch; a model switch (the governor picking a cheaper variant) also
+takes effect at the next batch, each worker keeping the sessions it has loaded. CPU time is
+measured per thread and per model, which is what the energy accounting and the emulated board
+load are built on. One batch is one job of the built-in workload.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -24,21 +26,34 @@ class Classifier(Protocol):
 
 
 @dataclass(frozen=True)
-class PoolStats:
-    inferences: int
-    correct: int
-    cpu_s: float
-    batches: int
-    errors: int = 0
+class WorkStats:
+    """Work done by one model, or by the pool in total; a batch is one job."""
+
+    inferences: int = 0
+    correct: int = 0
+    cpu_s: float = 0.0
+    batches: int = 0
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.inferences if self.inferences else None
 
+    def __add__(self, other: WorkStats) -> WorkStats:
+        return WorkStats(self.inferences + other.inferences, self.correct + other.correct,
+                         self.cpu_s + other.cpu_s, self.batches + other.batches)
+
+
+@dataclass(frozen=True)
+class PoolStats(WorkStats):
+    errors: int = 0
+    by_model: dict[str, WorkStats] = field(default_factory=dict)
+
 
 class WorkerPool:
-    def __init__(self, make_classifier: Callable[[], Classifier], samples: npt.NDArray[np.uint8],
-                 labels: npt.NDArray[np.int64], max_workers: int, batch_size: int = 32) -> None:
+    def __init__(self, make_classifier: Callable[[str], Classifier], samples: npt.NDArray[np.uint8],
+                 labels: npt.NDArray[np.int64], max_workers: int, batch_size: int = 32,
+                 model: str = "digits-int8") -> None:
+        """``make_classifier(model)`` loads a model by the name the governor uses for it."""
         if len(samples) == 0:
             raise ValueError("the workload needs at least one sample")
         self.max_workers = max_workers
@@ -48,12 +63,10 @@ class WorkerPool:
         self._make = make_classifier
         self._lock = threading.Lock()
         self._allowed = 0
+        self._model = model
         self._wake = threading.Condition(self._lock)
         self._stopping = False
-        self._inferences = 0
-        self._correct = 0
-        self._cpu_s = 0.0
-        self._batches = 0
+        self._by_model: dict[str, WorkStats] = {}
         self._errors = 0
         self.last_error: str | None = None
         self._rate_mark = (time.monotonic(), 0.0)
@@ -76,16 +89,31 @@ class WorkerPool:
     def workers(self) -> int:
         return self._allowed
 
+    @property
+    def model(self) -> str:
+        return self._model
+
     def set_workers(self, n: int) -> None:
         """Allow ``n`` workers to run (clamped to the pool size); the rest park."""
         with self._lock:
             self._allowed = min(max(n, 0), self.max_workers)
             self._wake.notify_all()
 
+    def set_model(self, model: str) -> None:
+        """Run ``model`` from each worker's next batch on."""
+        with self._lock:
+            self._model = model
+
     def stats(self) -> PoolStats:
         with self._lock:
-            return PoolStats(self._inferences, self._correct, self._cpu_s, self._batches,
-                             self._errors)
+            by_model = dict(self._by_model)
+            errors = self._errors
+        total = sum(by_model.values(), WorkStats())
+        return PoolStats(total.inferences, total.correct, total.cpu_s, total.batches,
+                         errors=errors, by_model=by_model)
+
+    def _cpu_s_locked(self) -> float:
+        return sum(s.cpu_s for s in self._by_model.values())
 
     def busy_cores(self) -> float:
         """CPU-seconds per wall second spent on inference recently (0 .. max_workers)."""
@@ -93,8 +121,9 @@ class WorkerPool:
             now = time.monotonic()
             mark_t, mark_cpu = self._rate_mark
             if now - mark_t >= 0.2:
-                self._busy_cores = (self._cpu_s - mark_cpu) / (now - mark_t)
-                self._rate_mark = (now, self._cpu_s)
+                cpu_s = self._cpu_s_locked()
+                self._busy_cores = (cpu_s - mark_cpu) / (now - mark_t)
+                self._rate_mark = (now, cpu_s)
             return self._busy_cores
 
     def _work(self, index: int) -> None:
@@ -111,7 +140,7 @@ class WorkerPool:
                     self._wake.wait(timeout=1.0)
 
     def _run_batches(self, index: int) -> None:
-        classifier = self._make()
+        loaded: dict[str, Classifier] = {}
         n = len(self._samples)
         offset = (index * self.batch_size) % n
         while True:
@@ -120,14 +149,15 @@ class WorkerPool:
                     self._wake.wait()
                 if self._stopping:
                     return
+                model = self._model
+            if model not in loaded:
+                loaded[model] = self._make(model)
             idx = (np.arange(self.batch_size) + offset) % n
             offset = (offset + self.batch_size) % n
             cpu0 = time.thread_time()
-            labels, _ = classifier.classify(self._samples[idx], k=1)
+            labels, _ = loaded[model].classify(self._samples[idx], k=1)
             cpu = time.thread_time() - cpu0
             correct = int(np.count_nonzero(labels[:, 0] == self._labels[idx]))
             with self._lock:
-                self._inferences += len(idx)
-                self._correct += correct
-                self._cpu_s += cpu
-                self._batches += 1
+                self._by_model[model] = (self._by_model.get(model, WorkStats())
+                                         + WorkStats(len(idx), correct, cpu, 1))
