@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,10 +17,13 @@ import pytest
 from edgeagent.infer import (
     DigitsClassifier,
     OnnxModel,
+    Quantization,
     bundled_model_path,
     load_bundled_samples,
+    load_model,
     session_options,
 )
+from edgeagent.infer.litert import TfliteModel, interpreter_class
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("fp32", "int8")
@@ -225,3 +230,64 @@ def test_regeneration_script_reproduces_the_model_card(tmp_path: Path) -> None:
     assert printed["fp32 accuracy"] == (int(np.sum(preds["fp32"] == y)), len(y))
     assert printed["int8 accuracy"] == (int(np.sum(preds["int8"] == y)), len(y))
     assert printed["int8/fp32 agreement"] == (int(np.sum(preds["fp32"] == preds["int8"])), len(y))
+
+
+@pytest.mark.parametrize("family", ["digits", "digits-large"])
+def test_a_fully_int8_tflite_model_runs_behind_the_same_interface(
+        family: str, samples: Samples) -> None:
+    """LiteRT gets int8 in and out; the runtime quantizes and dequantizes with the tensors'
+    own parameters, so the classifier cannot tell it from the ONNX model it was built from."""
+    x, _ = samples
+    tflite = DigitsClassifier.load(f"{family}-int8-tflite")
+    model = tflite.model
+    assert isinstance(model, TfliteModel) and model.runtime == "litert"
+    assert model.precision == "int8" and model.package == "ai_edge_litert"
+    assert (model.input.dtype, model.output.dtype) == ("int8", "int8")
+    assert model.input.quantization == Quantization((1 / 16,), (0,))  # raw pixels, exactly
+    assert model.input.shape[1:] == (64,) and model.output.shape[1:] == (10,)
+    onnx_int8 = DigitsClassifier.load(f"{family}-int8")
+    many = tflite.classify(x, k=3)[0]
+    assert np.mean(many[:, 0] == onnx_int8.classify(x)[0][:, 0]) >= 0.99
+    for i in (0, 17, 539):  # batch 1 after batch 540: the interpreter is resized back
+        np.testing.assert_array_equal(tflite.classify(x[i], k=3)[0], many[i])
+    assert tflite.classify(np.zeros((0, 64), np.uint8))[0].shape == (0, 1)
+
+
+def test_load_model_picks_the_runtime_by_suffix(tmp_path: Path) -> None:
+    assert isinstance(load_model(bundled_model_path("digits-int8")), OnnxModel)
+    assert isinstance(load_model(bundled_model_path("digits-int8-tflite")), TfliteModel)
+    with pytest.raises(ValueError, match=r"unknown model format '\.pt'"):
+        load_model(tmp_path / "model.pt")
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="cannot load it"):
+        load_model(garbage)
+    garbage_onnx = tmp_path / "garbage.onnx"
+    garbage_onnx.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match="onnxruntime cannot load it"):
+        load_model(garbage_onnx)
+
+
+def test_a_model_that_does_not_take_digits_is_refused_by_the_workload(tmp_path: Path) -> None:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])])
+    path = tmp_path / "three.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)],
+                                     ir_version=8), str(path))
+    with pytest.raises(ValueError, match=r"the digits workload needs \[N, 64\]"):
+        DigitsClassifier.load(str(path))
+
+
+def test_without_litert_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = importlib.import_module
+
+    def no_tflite(name: str, package: str | None = None) -> Any:
+        if name.split(".")[0] in ("ai_edge_litert", "tflite_runtime"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", no_tflite)
+    with pytest.raises(ImportError, match=r"pip install 'edgeagent\[tflite\]'"):
+        interpreter_class()
