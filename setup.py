@@ -11,7 +11,10 @@ from setuptools.command.build_ext import build_ext
 
 # Flags from our measurements (research/quantized-inference.md §4.1): branch-free loops only
 # vectorize with these. The kernels handle NaN and inf explicitly before any arithmetic.
-KERNEL_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+# -ffp-contract=off: GCC fuses a*b+c into one FMA by default on aarch64, which rounds once
+# instead of twice and breaks bit-exactness with the NumPy reference (the import self-test
+# refuses such a build).
+KERNEL_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
 
 
 class BuildExtNoStale(build_ext):

@@ -210,7 +210,7 @@ def _summary(agent: Agent, emulator: SiteEmulator, link: MqttLink | None, outbox
     print(f"  inferences          {stats.inferences}{accuracy}", file=out)
     jpj, share = agent.joules_per_job(), agent.energy.solar_share
     print("  energy/inference    " + ("n/a" if jpi is None else
-          f"{jpi * 1e6:.1f} uJ   per job {jpj or 0:.4f} J   "
+          f"{jpi * 1e6:.1f} uJ   per job {(jpj or 0) * 1e3:.2f} mJ   "
           f"total {agent.energy.energy_j:.1f} J   solar share "
           + ("n/a" if share is None else f"{share:.0%}")
           + f" ({agent.energy_basis})"), file=out)

@@ -26,7 +26,7 @@ def test_demo_without_a_broker_prints_progress_and_a_summary(tmp_path: Path) -> 
     for line in ("PV energy", "state of charge", "inferences", "energy/inference",
                  "time at work level", "telemetry"):
         assert line in out
-    energy = re.search(r"energy/inference +([\d.]+) uJ   per job ([\d.]+) J   total ([\d.]+) J"
+    energy = re.search(r"energy/inference +([\d.]+) uJ   per job ([\d.]+) mJ   total ([\d.]+) J"
                        r"   solar share (\d+)% \(estimate: CPU-s x", out)
     assert energy is not None, out
     assert float(energy[1]) > 0 and float(energy[2]) > 0 and 0 <= int(energy[4]) <= 100

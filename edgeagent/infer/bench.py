@@ -30,6 +30,7 @@ from edgeagent.boards import BoardProfile
 from edgeagent.infer.bundled import BUNDLED_MODELS, PIXEL_MAX, load_bundled_samples, model_path
 from edgeagent.infer.energy import Joules, Meter, estimated, measure
 from edgeagent.infer.model import Model, load_model
+from edgeagent.kernels.bench import KernelComparison, compare_kernels, format_table
 
 #: The bundled models and the fp32 model each is compared with.
 BASELINES = {"digits-int8": "digits-fp32", "digits-int8-tflite": "digits-fp32",
@@ -87,7 +88,7 @@ class BenchReport:
     machine: dict[str, Any]
     board: str
     models: list[ModelResult]
-    kernels: list[dict[str, Any]] = field(default_factory=list)
+    kernels: list[KernelComparison] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -218,10 +219,8 @@ def run_bench(options: BenchOptions, board: BoardProfile, meter: tuple[Meter, st
             results[name] = _compare(result, results[base])
     kernel_rows = []
     if options.kernels:
-        from edgeagent.kernels.bench import compare_kernels
-
         progress("kernels: compiled vs NumPy")
-        kernel_rows = [asdict(k) for k in compare_kernels(rounds=options.rounds)]
+        kernel_rows = compare_kernels(rounds=options.rounds)
     machine = {"python": platform.python_version(), "machine": platform.machine(),
                "numpy": np.__version__, "onnxruntime": ort.__version__,
                "kernels_compiled": kernels.COMPILED}
@@ -269,12 +268,7 @@ def print_report(report: BenchReport, out: TextIO) -> None:
         print(f"J/inf {basis}: {detail}", file=out)
     if report.kernels:
         print("\nkernels (public API, compiled vs NumPy fallback)", file=out)
-        for k in report.kernels:
-            ratio = "-" if k["ratio"] is None else f"{k['ratio']:.2f}x"
-            exact = {True: "bit-exact", False: "DIFFERENT", None: "-"}[k["bit_exact"]]
-            compiled = "-" if k["compiled_s"] is None else f"{k['compiled_s'] * 1e6:.1f}us"
-            print(f"  {k['name']:<28}{k['size']:<22}{compiled:>11}"
-                  f"{k['fallback_s'] * 1e6:>11.1f}us{ratio:>9}  {exact}", file=out)
+        print(format_table(report.kernels), file=out)
 
 
 def write_json(report: BenchReport, out: TextIO) -> None:
