@@ -19,7 +19,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_json_report_has_every_figure_per_model_and_the_ratios() -> None:
-    done = bench("--model", "digits-fp32", "--model", "digits-int8", "--no-kernels", "--json")
+    done = bench("--model", "digits-fp32", "--model", "digits-int8", "--json")
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     assert report["board"] == "raspberry-pi-4"
@@ -40,13 +40,20 @@ def test_json_report_has_every_figure_per_model_and_the_ratios() -> None:
     assert vs["baseline"] == "digits-fp32" and vs["size_x"] > 1
     assert set(vs["throughput_x"]) == {"64", "540"}
     assert abs(vs["accuracy_drop_pt"]) < 2
+    kernels = {(k["name"], k["size"]): k for k in report["kernels"]}
+    assert {"quantize", "softmax_topk", "resize_normalize_quantize", "window_features"} <= \
+        {name for name, _ in kernels}
+    for k in kernels.values():
+        assert k["fallback_s"] > 0
+        if report["machine"]["kernels_compiled"]:
+            assert k["bit_exact"] is True and k["ratio"] > 0
 
 
 def test_text_report_is_a_table_with_the_energy_basis() -> None:
     done = bench("--model", "digits-fp32", "--model", "digits-int8", "--no-kernels")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert re.search(r"^model +runtime +size +acc +b1 med +p90 +b64/s +b540/s +cpu/lat +J/inf$",
+    assert re.search(r"^model +runtime +size +acc +b1 med +p90 +b64/s +b540/s +duty +cpu/lat +J/inf$",
                      out, re.MULTILINE), out
     assert re.search(r"^digits-int8 +onnxruntime +\d+kB +[\d.]+% +[\d.]+us", out, re.MULTILINE)
     assert re.search(r"digits-int8 +vs digits-fp32 +latency [\d.]+x  b64 [\d.]+x  b540 [\d.]+x"

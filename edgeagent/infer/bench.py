@@ -242,16 +242,21 @@ def print_report(report: BenchReport, out: TextIO) -> None:
     print(f"python {m['python']} {m['machine']}, numpy {m['numpy']}, onnxruntime "
           f"{m['onnxruntime']}, kernels {'compiled' if m['kernels_compiled'] else 'NumPy'}; "
           f"board profile {report.board}; medians over rounds", file=out)
+    print("b1: batch-1 latency; bN/s: inferences per second at batch N; duty: batch-1 "
+          "latency when each inference follows an idle pause, and cpu/lat its CPU-seconds "
+          "(every thread) over that latency", file=out)
     batches = sorted({b for r in report.models for b in r.throughput_per_s})
     head = (f"{'model':<26}{'runtime':<12}{'size':>9}{'acc':>8}{'b1 med':>9}{'p90':>8}"
-            + "".join(f"{f'b{b}/s':>10}" for b in batches) + f"{'cpu/lat':>8}{'J/inf':>10}")
+            + "".join(f"{f'b{b}/s':>10}" for b in batches)
+            + f"{'duty':>9}{'cpu/lat':>8}{'J/inf':>10}")
     print(head, file=out)
     for r in report.models:
         acc = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
         print(f"{r.name:<26}{r.runtime:<12}{r.size_bytes / 1024:>7.0f}kB{acc:>8}"
               f"{r.latency_us_median:>7.1f}us{r.latency_us_p90:>6.1f}us"
               + "".join(f"{r.throughput_per_s[b]:>10.0f}" for b in batches)
-              + f"{r.duty_cpu_per_latency:>8.2f}{r.joules.per_inference_j * 1e6:>8.1f}uJ",
+              + f"{r.duty_latency_us:>7.1f}us{r.duty_cpu_per_latency:>8.2f}"
+              f"{r.joules.per_inference_j * 1e6:>8.1f}uJ",
               file=out)
     compared = [r for r in report.models if r.vs is not None]
     if compared:
