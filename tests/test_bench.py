@@ -53,8 +53,8 @@ def test_text_report_is_a_table_with_the_energy_basis() -> None:
     done = bench("--model", "digits-fp32", "--model", "digits-int8", "--no-kernels")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert re.search(r"^model +runtime +size +acc +b1 med +p90 +b64/s +b540/s +duty +cpu/lat +J/inf$",
-                     out, re.MULTILINE), out
+    header = r"^model +runtime +size +acc +b1 med +p90 +b64/s +b540/s +duty +cpu/lat +J/inf$"
+    assert re.search(header, out, re.MULTILINE), out
     assert re.search(r"^digits-int8 +onnxruntime +\d+kB +[\d.]+% +[\d.]+us", out, re.MULTILINE)
     assert re.search(r"digits-int8 +vs digits-fp32 +latency [\d.]+x  b64 [\d.]+x  b540 [\d.]+x"
                      r"  size [\d.]+x  accuracy drop [-+][\d.]+ pt", out), out

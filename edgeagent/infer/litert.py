@@ -53,77 +53,58 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
 
 
 class TfliteModel:
-    """One TFLite model; the batch size follows the input (the interpreter is resized)."""
+    """One TFLite model; the batch size follows the input (the interpreter is resized).
+
+    ``package`` says which runtime the board has: ``ai_edge_litert`` or ``tflite_runtime``.
+    """
+
+    runtime: Runtime = "litert"
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
-        self._path = Path(path)
-        if not self._path.is_file():
-            raise FileNotFoundError(f"no TFLite model at {self._path}")
-        interpreter, self._package = interpreter_class()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no TFLite model at {self.path}")
+        interpreter, self.package = interpreter_class()
         try:
-            self._interpreter = interpreter(model_path=str(self._path), num_threads=threads)
+            self._interpreter = interpreter(model_path=str(self.path), num_threads=threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ValueError(f"{self._path}: {self._package} cannot load it: {exc}") from exc
+            raise ValueError(f"{self.path}: {self.package} cannot load it: {exc}") from exc
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1:
-            raise ValueError(f"{self._path}: expected one input, got {len(inputs)}")
+            raise ValueError(f"{self.path}: expected one input, got {len(inputs)}")
         self._input_index = int(inputs[0]["index"])
         self._output_index = int(outputs[0]["index"])
-        self._input, self._output = _spec(inputs[0]), _spec(outputs[0])
-        for spec in (self._input, self._output):
+        self.input: TensorSpec = _spec(inputs[0])
+        self.output: TensorSpec = _spec(outputs[0])
+        for spec in (self.input, self.output):
             q = spec.quantization
             if spec.dtype not in ("float32", "int8", "uint8") or (
                     spec.dtype != "float32" and (q is None or not q.per_tensor)):
-                raise ValueError(f"{self._path}: tensor {spec.name!r} is {spec.dtype} "
+                raise ValueError(f"{self.path}: tensor {spec.name!r} is {spec.dtype} "
                                  f"{'per-channel' if q else 'without quantization'}; "
                                  f"supported: float32, or int8/uint8 quantized per tensor")
-        self._precision: Precision = "int8" if self._input.dtype != "float32" else "fp32"
+        self.precision: Precision = "int8" if self.input.dtype != "float32" else "fp32"
         self._batch = int(inputs[0]["shape"][0])
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def runtime(self) -> Runtime:
-        return "litert"
-
-    @property
-    def package(self) -> str:
-        """``ai_edge_litert`` or ``tflite_runtime``: which one this board uses."""
-        return self._package
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @property
-    def input(self) -> TensorSpec:
-        return self._input
-
-    @property
-    def output(self) -> TensorSpec:
-        return self._output
 
     def run(self, batch: npt.ArrayLike) -> npt.NDArray[np.float32]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        self._input.check(x, self._path.name, any_batch=True)
+        self.input.check(x, self.path.name, any_batch=True)
         n = x.shape[0]
         if n == 0:
-            dims = [d if isinstance(d, int) else 0 for d in self._output.shape[1:]]
+            dims = [d if isinstance(d, int) else 0 for d in self.output.shape[1:]]
             return np.empty([0, *dims], np.float32)
         if n != self._batch:
             self._interpreter.resize_tensor_input(self._input_index, [n, *x.shape[1:]])
             self._interpreter.allocate_tensors()
             self._batch = n
-        self._interpreter.set_tensor(self._input_index, _to_tensor(x, self._input))
+        self._interpreter.set_tensor(self._input_index, _to_tensor(x, self.input))
         self._interpreter.invoke()
-        return _from_tensor(self._interpreter.get_tensor(self._output_index), self._output)
+        return _from_tensor(self._interpreter.get_tensor(self._output_index), self.output)
 
     def __repr__(self) -> str:
-        return f"TfliteModel({str(self._path)!r})"
+        return f"TfliteModel({str(self.path)!r})"
 
 
 def _to_tensor(x: npt.NDArray[np.float32], spec: TensorSpec) -> npt.NDArray[Any]:

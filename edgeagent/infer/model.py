@@ -69,20 +69,11 @@ class TensorSpec:
 class Model(Protocol):
     """A loaded model with one input and one output (further outputs are ignored)."""
 
-    @property
-    def path(self) -> Path: ...
-
-    @property
-    def runtime(self) -> Runtime: ...
-
-    @property
-    def precision(self) -> Precision: ...
-
-    @property
-    def input(self) -> TensorSpec: ...
-
-    @property
-    def output(self) -> TensorSpec: ...
+    path: Path
+    runtime: Runtime
+    precision: Precision
+    input: TensorSpec
+    output: TensorSpec
 
     def run(self, batch: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """One batch through the model: float32 in (batch first), float32 out."""

@@ -46,52 +46,34 @@ class OnnxModel:
     no conversion happens here; ``precision`` tells them apart.
     """
 
+    runtime: Runtime = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
-        self._path = Path(path)
-        if not self._path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {self._path}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {self.path}")
         try:
             self._session = ort.InferenceSession(
-                str(self._path), sess_options=session_options(threads),
+                str(self.path), sess_options=session_options(threads),
                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise ValueError(f"{self._path}: onnxruntime cannot load it: {exc}") from exc
+            raise ValueError(f"{self.path}: onnxruntime cannot load it: {exc}") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or inputs[0].type != "tensor(float)":
-            raise ValueError(f"{self._path}: expected one float32 input, got "
+            raise ValueError(f"{self.path}: expected one float32 input, got "
                              f"{[(i.name, i.type) for i in inputs]}")
-        self._input = TensorSpec(inputs[0].name, tuple(inputs[0].shape), "float32")
-        self._output = TensorSpec(outputs[0].name, tuple(outputs[0].shape),
+        self.input: TensorSpec = TensorSpec(inputs[0].name, tuple(inputs[0].shape), "float32")
+        self.output: TensorSpec = TensorSpec(outputs[0].name, tuple(outputs[0].shape),
                                   outputs[0].type.removeprefix("tensor(").removesuffix(")"))
-        blob = self._path.read_bytes()
-        self._precision: Precision = "int8" if any(op in blob for op in _INT8_OPS) else "fp32"
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def runtime(self) -> Runtime:
-        return "onnxruntime"
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @property
-    def input(self) -> TensorSpec:
-        return self._input
-
-    @property
-    def output(self) -> TensorSpec:
-        return self._output
+        blob = self.path.read_bytes()
+        self.precision: Precision = "int8" if any(op in blob for op in _INT8_OPS) else "fp32"
 
     def run(self, batch: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Run one batch; shape errors are raised here as ValueError, not as ORT tracebacks."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        self._input.check(x, self._path.name)
-        out = self._session.run([self._output.name], {self._input.name: x})[0]
+        self.input.check(x, self.path.name)
+        out = self._session.run([self.output.name], {self.input.name: x})[0]
         return np.asarray(out, dtype=np.float32)
 
     def __repr__(self) -> str:
-        return f"OnnxModel({str(self._path)!r})"
+        return f"OnnxModel({str(self.path)!r})"
