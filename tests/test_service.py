@@ -39,6 +39,11 @@ driver = "vedirect"
 port = "{os.ttyname(slave)}"
 [governor]
 tick_s = 0.2
+[workload]
+model = "digits-large-int8"
+[[workload.fallbacks]]
+model = "digits-int8-tflite"   # a budget under 100 W: always, here
+below_budget_w = 100
 [telemetry]
 broker = "{broker.url}"
 interval_s = 0.2
@@ -51,6 +56,11 @@ outbox_path = "{tmp_path / 'outbox.db'}"
         body = sub.wait_for("edgeagent/s1/n1/telemetry",
                             lambda m: m["power"].get("battery_soc_pct") == 90.0, timeout=60)
         assert body["decision"]["workers"] == 2  # 90 % of 1200 Wh pays for both workers
+        assert body["decision"]["model"] == "digits-int8-tflite"  # 60 W: the fallback's band
+        body = sub.wait_for("edgeagent/s1/n1/telemetry",
+                            lambda m: m["workload"]["inferences"] > 0, timeout=60)
+        assert set(body["workload"]["models"]) == {"digits-int8-tflite"}
+        assert body["workload"]["j_per_inference"] > 0
         status = retained(broker, "edgeagent/s1/n1/status")
         assert status is not None and status["state"] == "online"
         proc.send_signal(signal.SIGTERM)
@@ -67,6 +77,19 @@ outbox_path = "{tmp_path / 'outbox.db'}"
             proc.kill()
         os.close(master)
         os.close(slave)
+
+
+def test_run_refuses_a_model_file_it_cannot_load(tmp_path: Path) -> None:
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"this is not a protobuf")
+    config = tmp_path / "edgeagent.toml"
+    config.write_text(f'[workload]\nmodel = "{model}"\n[telemetry]\n'
+                      f'outbox_path = "{tmp_path / "o.db"}"\n')
+    done = subprocess.run([*edgeagent_command(), "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "workload model" in done.stderr and "onnxruntime cannot load it" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_run_refuses_a_broken_config(tmp_path: Path) -> None:
