@@ -13,6 +13,7 @@ from typing import Any
 from edgeagent.boards import BoardProfile
 from edgeagent.config import BatteryConfig, GovernorConfig, WorkloadConfig
 from edgeagent.governor import Decision, decide
+from edgeagent.infer.energy import estimate_basis
 from edgeagent.power.source import PowerSource
 from edgeagent.state import SiteState
 from edgeagent.telemetry.mqtt import MqttLink, Topics
@@ -96,22 +97,17 @@ class Agent:
     @property
     def energy_basis(self) -> str:
         """How the joules are known: an estimate from the board profile, not a meter reading."""
-        return (f"estimate: CPU-s x {self.board.watts_per_core:.3f} W per busy core "
-                f"(board profile {self.board.name})")
+        return "estimate: " + estimate_basis(self.board)
 
     def joules_per_inference(self) -> float | None:
         """Marginal energy per inference: CPU-seconds times one busy core's watts."""
         stats = self.pool.stats()
-        if not stats.inferences:
-            return None
-        return stats.cpu_s * self.board.watts_per_core / stats.inferences
+        return stats.joules_per(stats.inferences, self.board.watts_per_core)
 
     def joules_per_job(self) -> float | None:
         """The same per job (one batch of the workload)."""
         stats = self.pool.stats()
-        if not stats.batches:
-            return None
-        return stats.cpu_s * self.board.watts_per_core / stats.batches
+        return stats.joules_per(stats.batches, self.board.watts_per_core)
 
     @staticmethod
     def _device_health(source: PowerSource) -> dict[str, Any]:
@@ -132,9 +128,9 @@ class Agent:
             "energy_basis": self.energy_basis,
             "models": {name: {"inferences": s.inferences, "jobs": s.batches,
                               "accuracy": s.accuracy,
-                              "j_per_inference": s.cpu_s * watts / s.inferences
-                              if s.inferences else None}
+                              "j_per_inference": s.joules_per(s.inferences, watts)}
                        for name, s in stats.by_model.items()},
+            "errors": stats.errors, "last_error": self.pool.last_error,
         }
 
     def telemetry(self) -> dict[str, Any]:

@@ -79,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="interleaved rounds; figures are medians (default 5)")
     bench.add_argument("--budget", type=float, default=0.1, metavar="S",
                        help="seconds of calls per measurement and round (default 0.1)")
-    bench.add_argument("--duty-calls", type=int, default=300, metavar="N",
-                       help="single inferences in the duty-cycle measurement (default 300)")
+    bench.add_argument("--duty-calls", type=int, default=100, metavar="N",
+                       help="duty-cycled single inferences per round (default 100)")
+    bench.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="intra-op threads per model, as workload.threads_per_worker "
+                       "(default 1); shows whether extra threads spin")
     bench.add_argument("--energy-window", type=float, default=10.0, metavar="S",
                        help="idle and busy window per model with a power sensor (default 10)")
     bench.add_argument("--sensor-root", type=Path, default=Path("/"), metavar="DIR",
@@ -118,9 +121,10 @@ def _bench(args: argparse.Namespace) -> int:
     from edgeagent.infer.bench import BenchOptions, print_report, run_bench, write_json
     from edgeagent.infer.energy import find_meter
 
-    if args.rounds < 1 or args.budget <= 0 or args.duty_calls < 1 or args.energy_window <= 0:
-        print("edgeagent bench: --rounds, --budget, --duty-calls and --energy-window must be "
-              "positive", file=sys.stderr)
+    if min(args.rounds, args.duty_calls, args.threads) < 1 or min(args.budget,
+                                                                 args.energy_window) <= 0:
+        print("edgeagent bench: --rounds, --budget, --duty-calls, --threads and "
+              "--energy-window must be positive", file=sys.stderr)
         return EXIT_INVALID
     try:
         board = load_board(args.board)
@@ -129,7 +133,7 @@ def _bench(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     meter = find_meter(args.sensor_root)
     options = BenchOptions(rounds=args.rounds, budget_s=args.budget, duty_calls=args.duty_calls,
-                           data=args.data, kernels=not args.no_kernels,
+                           threads=args.threads, data=args.data, kernels=not args.no_kernels,
                            energy_idle_s=args.energy_window,
                            **({"models": tuple(args.model)} if args.model else {}))
     try:

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgeagent import tomlfile
 from edgeagent.boards import BoardProfile, available_boards, load_board
@@ -73,17 +81,23 @@ class GovernorConfig(Section):
     tick_s: float = Field(default=5.0, gt=0, le=3600)
 
 
-def _model_ref(model: str) -> str:
-    """A bundled model's name, or a path to an existing .onnx/.tflite file."""
+def _model_ref(model: str, info: ValidationInfo) -> str:
+    """A bundled model's name, or a path to an existing .onnx/.tflite file, made absolute.
+
+    A relative path is relative to the config file's folder, not to the working directory of
+    whoever reads the config (systemd starts the service in /).
+    """
     if model in BUNDLED_MODELS:
         return model
     path = Path(model)
     if path.suffix.lower() not in (".onnx", ".tflite"):
         raise ValueError(f"{model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) "
                          "nor a path to a .onnx or .tflite file")
+    base = (info.context or {}).get("config_dir", Path.cwd())
+    path = (base / path).resolve()
     if not path.is_file():
-        raise ValueError(f"no model file at {model}")
-    return model
+        raise ValueError(f"no model file at {path}")
+    return str(path)
 
 
 class ModelFallback(Section):
@@ -109,13 +123,15 @@ class WorkloadConfig(Section):
 
     _check_model = field_validator("model")(_model_ref)
 
-    @field_validator("fallbacks")
-    @classmethod
-    def _distinct_bands(cls, fallbacks: list[ModelFallback]) -> list[ModelFallback]:
-        thresholds = [f.below_budget_w for f in fallbacks]
+    @model_validator(mode="after")
+    def _distinct_fallbacks(self) -> WorkloadConfig:
+        thresholds = [f.below_budget_w for f in self.fallbacks]
         if len(set(thresholds)) != len(thresholds):
-            raise ValueError("each fallback needs its own below_budget_w")
-        return fallbacks
+            raise ValueError("fallbacks: each needs its own below_budget_w")
+        models = [f.model for f in self.fallbacks]
+        if self.model in models or len(set(models)) != len(models):
+            raise ValueError("fallbacks: each names a model of its own, other than `model`")
+        return self
 
     def models(self) -> list[str]:
         """Every model the workers may be asked to run, the main one first."""
@@ -231,13 +247,15 @@ def issues_from(error: ValidationError) -> list[ConfigIssue]:
     return issues
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def parse_config(text: str, source: str = "<config>", config_dir: Path | None = None) -> Config:
+    """Validate a config's text; relative paths in it are taken from ``config_dir`` (default:
+    the working directory)."""
     try:
         data = tomlfile.loads(text)
     except tomlfile.TOMLDecodeError as exc:
         raise ConfigError(source, [ConfigIssue("(file)", f"not valid TOML: {exc}")]) from exc
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"config_dir": config_dir or Path.cwd()})
     except ValidationError as exc:
         raise ConfigError(source, issues_from(exc)) from exc
 
@@ -250,4 +268,4 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path), [ConfigIssue("(file)", "no such file")]) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [ConfigIssue("(file)", f"cannot read: {exc}")]) from exc
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), path.resolve().parent)

@@ -217,8 +217,8 @@ def _summary(agent: Agent, emulator: SiteEmulator, link: MqttLink | None, outbox
     for name, done in sorted(stats.by_model.items()):
         model_accuracy = "" if done.accuracy is None else f"   accuracy {done.accuracy:.2%}"
         print(f"  model {name}: {done.inferences} inferences in {done.batches} jobs   "
-              f"{done.cpu_s * agent.board.watts_per_core / max(done.inferences, 1) * 1e6:.1f} "
-              f"uJ/inference{model_accuracy}", file=out)
+              f"{(done.joules_per(done.inferences, agent.board.watts_per_core) or 0) * 1e6:.1f}"
+              f" uJ/inference{model_accuracy}", file=out)
     levels = "   ".join(f"{w} workers {s / total_level_s:.0%}"
                         for w, s in sorted(agent.time_at_level.items()))
     print(f"  time at work level  {levels}", file=out)

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conftest import edgeagent_command
 
 QUICK = ["--rounds", "1", "--budget", "0.01", "--duty-calls", "10"]
@@ -22,7 +24,7 @@ def test_json_report_has_every_figure_per_model_and_the_ratios() -> None:
     done = bench("--model", "digits-fp32", "--model", "digits-int8", "--json")
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
-    assert report["board"] == "raspberry-pi-4"
+    assert report["board"] == "raspberry-pi-4" and report["threads"] == 1
     assert {"python", "machine", "numpy", "onnxruntime", "kernels_compiled"} <= \
         report["machine"].keys()
     fp32, int8 = report["models"]
@@ -32,9 +34,10 @@ def test_json_report_has_every_figure_per_model_and_the_ratios() -> None:
         assert 0.9 < model["accuracy"] <= 1
         assert 0 < model["latency_us_median"] <= model["latency_us_p90"]
         assert set(model["throughput_per_s"]) == {"64", "540"}
-        assert model["duty_cpu_s_per_inference"] > 0 and model["duty_cpu_per_latency"] > 0
+        assert model["duty_cpu_s_per_inference"] >= 0 and model["duty_latency_us"] > 0
         assert model["joules"]["basis"] == "estimated"
-        assert model["joules"]["per_inference_j"] > 0
+        assert model["joules"]["per_inference_j"] >= 0
+        assert set(model["batch_j_per_inference"]) == {"64", "540"}
     assert fp32["vs"] is None  # the first model is the baseline
     vs = int8["vs"]
     assert vs["baseline"] == "digits-fp32" and vs["size_x"] > 1
@@ -53,12 +56,14 @@ def test_text_report_is_a_table_with_the_energy_basis() -> None:
     done = bench("--model", "digits-fp32", "--model", "digits-int8", "--no-kernels")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    header = r"^model +runtime +size +acc +b1 med +p90 +b64/s +b540/s +duty +cpu/lat +J/inf$"
+    header = (r"^model +runtime +size +acc +b1 med +p90 +b64/s +b540/s +duty +cpu/lat +J b1"
+              r" +J b540$")
     assert re.search(header, out, re.MULTILINE), out
     assert re.search(r"^digits-int8 +onnxruntime +\d+kB +[\d.]+% +[\d.]+us", out, re.MULTILINE)
     assert re.search(r"digits-int8 +vs digits-fp32 +latency [\d.]+x  b64 [\d.]+x  b540 [\d.]+x"
                      r"  size [\d.]+x  accuracy drop [-+][\d.]+ pt", out), out
-    assert "J/inf estimated: CPU-s per inference x 0.925 W per busy core" in out
+    assert "J b1 estimated: per inference: CPU-s x 0.925 W per busy core" in out
+    assert "J b540 estimated: raspberry-pi-4 watts per busy core / inferences per second" in out
     assert "round 1/1" in done.stderr  # progress goes to stderr, the report to stdout
 
 
@@ -84,3 +89,29 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     board = bench("--board", "pi-zero", "--no-kernels")
     assert board.returncode == 2 and "known boards" in board.stderr
     assert "Traceback" not in missing.stderr + wrong.stderr + board.stderr
+
+
+def test_an_int8_model_is_compared_with_its_fp32_sibling_whatever_the_order() -> None:
+    done = bench("--model", "digits-large-int8", "--model", "digits-large-fp32",
+                 "--model", "digits-int8-tflite", "--no-kernels", "--json", "--threads", "2")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["threads"] == 2
+    vs = {m["name"]: m["vs"] and m["vs"]["baseline"] for m in report["models"]}
+    # The fp32 sibling when it is there; else the first model given.
+    assert vs == {"digits-large-int8": "digits-large-fp32",
+                  "digits-large-fp32": "digits-large-int8",
+                  "digits-int8-tflite": "digits-large-int8"}
+
+
+def test_bad_data_names_what_is_wrong(tmp_path: Path) -> None:
+    cases = {"no-x.npz": ({"inputs": np.zeros((4, 64), np.float32)}, "no array 'x'"),
+             "empty.npz": ({"x": np.zeros((0, 64), np.float32)}, "'x' holds no samples"),
+             "labels.npz": ({"x": np.zeros((4, 64), np.float32), "y": np.zeros(3, np.int64)},
+                            "one label per sample"),
+             "shape.npz": ({"x": np.zeros((4, 63), np.float32)}, "expects shape")}
+    for name, (arrays, message) in cases.items():
+        np.savez(tmp_path / name, **arrays)  # type: ignore[arg-type]
+        done = bench("--model", "digits-int8", "--no-kernels", "--data", str(tmp_path / name))
+        assert done.returncode == 2 and message in done.stderr, (name, done.stderr)
+        assert "Traceback" not in done.stderr

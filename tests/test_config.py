@@ -99,13 +99,16 @@ def test_an_unknown_board_names_the_known_ones() -> None:
     assert "raspberry-pi-5" in err.value.issues[0].message
 
 
-def test_a_model_is_a_bundled_name_or_an_existing_model_file(tmp_path: Path) -> None:
-    model = tmp_path / "mine.onnx"
-    model.write_bytes(b"not checked here: loading it is the service's start-up check")
-    config = parse_config(f'[workload]\nmodel = "{model}"\n'
-                          '[[workload.fallbacks]]\nmodel = "digits-int8-tflite"\n'
-                          'below_budget_w = 2.5\n')
-    assert config.workload.models() == [str(model), "digits-int8-tflite"]
+def test_a_model_is_a_bundled_name_or_an_existing_model_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mine.onnx").write_bytes(b"not checked here: the service loads it at start")
+    path = tmp_path / "edgeagent.toml"
+    path.write_text('[workload]\nmodel = "mine.onnx"\n'
+                    '[[workload.fallbacks]]\nmodel = "digits-int8-tflite"\n'
+                    'below_budget_w = 2.5\n')
+    monkeypatch.chdir("/")  # as under systemd: relative to the config file, not to the cwd
+    config = load_config(path)
+    assert config.workload.models() == [str(tmp_path / "mine.onnx"), "digits-int8-tflite"]
     with pytest.raises(ConfigError) as err:
         parse_config('[workload]\nmodel = "digits-int4"\n'
                      f'[[workload.fallbacks]]\nmodel = "{tmp_path / "gone.tflite"}"\n'
@@ -115,9 +118,16 @@ def test_a_model_is_a_bundled_name_or_an_existing_model_file(tmp_path: Path) -> 
     assert "no model file at" in issues["workload.fallbacks.0.model"]
 
 
-def test_fallback_bands_must_differ() -> None:
+@pytest.mark.parametrize(("fallbacks", "message"), [
+    ([("digits-int8", 2), ("digits-fp32", 2)], "each needs its own below_budget_w"),
+    ([("digits-int8-tflite", 2), ("digits-int8-tflite", 1)], "a model of its own"),
+    ([("digits-int8", 2)], "other than `model`"),
+])
+def test_fallbacks_differ_from_each_other_and_from_the_model(
+        fallbacks: list[tuple[str, float]], message: str) -> None:
+    text = '[workload]\nmodel = "digits-int8"\n' + "".join(
+        f'[[workload.fallbacks]]\nmodel = "{m}"\nbelow_budget_w = {w}\n' for m, w in fallbacks)
     with pytest.raises(ConfigError) as err:
-        parse_config('[workload]\n[[workload.fallbacks]]\nmodel = "digits-int8"\n'
-                     'below_budget_w = 2\n[[workload.fallbacks]]\nmodel = "digits-fp32"\n'
-                     'below_budget_w = 2\n')
-    assert err.value.issues[0].path == "workload.fallbacks"
+        parse_config(text)
+    assert err.value.issues[0].path == "workload"
+    assert message in err.value.issues[0].message

@@ -62,7 +62,7 @@ def test_demo_with_a_broker_publishes_status_and_gapless_telemetry(
     assert "battery_soc_pct" in first["power"]
     workload = first["workload"]
     assert {"model", "inferences", "jobs", "energy_j", "j_per_inference", "j_per_job",
-            "solar_share", "energy_basis", "models"} <= workload.keys()
+            "solar_share", "energy_basis", "models", "errors", "last_error"} <= workload.keys()
     assert workload["j_per_inference"] > 0 and 0 <= workload["solar_share"] <= 1
     assert first["decision"]["model"] in workload["models"] or workload["inferences"] == 0
 

@@ -51,10 +51,15 @@ def find_meter(root: Path = Path("/")) -> tuple[Meter, str] | None:
     return None
 
 
+def estimate_basis(board: BoardProfile) -> str:
+    """How an estimate is made, for labels: the board profile's marginal watts per core."""
+    return (f"CPU-s x {board.watts_per_core:.3f} W per busy core (board profile "
+            f"{board.name})")
+
+
 def estimated(cpu_s_per_inference: float, board: BoardProfile) -> Joules:
     return Joules(cpu_s_per_inference * board.watts_per_core, "estimated",
-                  f"CPU-s per inference x {board.watts_per_core:.3f} W per busy core "
-                  f"(board profile {board.name})")
+                  f"per inference: {estimate_basis(board)}")
 
 
 class EnergyWindow:
@@ -84,7 +89,9 @@ class EnergyWindow:
         return 0.0 if self._first is None or self._last is None else self._last[0] - self._first
 
     def _sample(self) -> None:
+        """Sample until stopped, and once more after: the window ends when the work ends."""
         while True:
+            stopping = self._stop.is_set()
             reading = self._meter()
             now = time.monotonic()
             if reading is not None:
@@ -95,8 +102,9 @@ class EnergyWindow:
                     self.joules += (now - t0) * (p0 + reading.power_w) / 2  # trapezoid
                 self._last = (now, reading.power_w)
                 self.samples += 1
-            if self._stop.wait(self._period_s):
+            if stopping:
                 return
+            self._stop.wait(self._period_s)
 
     @property
     def mean_w(self) -> float | None:

@@ -85,7 +85,10 @@ class TfliteModel:
                 raise ValueError(f"{self.path}: tensor {spec.name!r} is {spec.dtype} "
                                  f"{'per-channel' if q else 'without quantization'}; "
                                  f"supported: float32, or int8/uint8 quantized per tensor")
-        self.precision: Precision = "int8" if self.input.dtype != "float32" else "fp32"
+        # Integer weights anywhere make it an int8 model, even with float input and output.
+        integer = any(np.dtype(t["dtype"]) in (np.int8, np.uint8)
+                      for t in self._interpreter.get_tensor_details())
+        self.precision: Precision = "int8" if integer else "fp32"
         self._batch = int(inputs[0]["shape"][0])
 
     def run(self, batch: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -238,6 +238,7 @@ def format_report(report: QuantizeReport) -> str:
         f"{_rate(i8.throughput_per_s):>12}"
         f"   {i8.throughput_per_s / f32.throughput_per_s:.2f}x speed",
         f"{'argmax agreement':<20}{'':>12}{report.agreement:>12.2%}",
+        "(scored on the calibration samples: for unseen data, `edgeagent bench --data`)",
     ]
     if report.qdq_nodes == 0:
         lines.append("warning: onnxruntime quantized no operator of this model")

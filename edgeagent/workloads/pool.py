@@ -38,6 +38,10 @@ class WorkStats:
     def accuracy(self) -> float | None:
         return self.correct / self.inferences if self.inferences else None
 
+    def joules_per(self, count: int, watts_per_core: float) -> float | None:
+        """Estimated energy of this work divided by ``count`` (inferences or batches)."""
+        return self.cpu_s * watts_per_core / count if count else None
+
     def __add__(self, other: WorkStats) -> WorkStats:
         return WorkStats(self.inferences + other.inferences, self.correct + other.correct,
                          self.cpu_s + other.cpu_s, self.batches + other.batches)
