@@ -63,7 +63,8 @@ def test_text_report_is_a_table_with_the_energy_basis() -> None:
     assert re.search(r"digits-int8 +vs digits-fp32 +latency [\d.]+x  b64 [\d.]+x  b540 [\d.]+x"
                      r"  size [\d.]+x  accuracy drop [-+][\d.]+ pt", out), out
     assert "J b1 estimated: per inference: CPU-s x 0.925 W per busy core" in out
-    assert "J b540 estimated: raspberry-pi-4 watts per busy core / inferences per second" in out
+    assert ("J b540 estimated: raspberry-pi-4 watts per busy core x threads / inferences per "
+            "second") in out
     assert "round 1/1" in done.stderr  # progress goes to stderr, the report to stdout
 
 

@@ -69,8 +69,9 @@ class ModelResult:
     """One model's figures, each the median over rounds.
 
     ``joules`` is per batch-1 inference in duty-cycled use (measured or estimated);
-    ``batch_j_per_inference`` estimates it at each batch size from the throughput (one busy
-    core for 1/throughput seconds), the cost in a batched workload such as the agent's.
+    ``batch_j_per_inference`` estimates it at each batch size from the throughput (a busy
+    core per thread for 1/throughput seconds), the cost in a batched workload such as the
+    agent's.
     """
 
     name: str
@@ -232,7 +233,8 @@ def _result(s: _Subject, board: BoardProfile, meter: tuple[Meter, str] | None,
         duty_cpu_s_per_inference=cpu_s,
         duty_latency_us=statistics.median(w for _, w in s.duty) * 1e6,
         joules=_joules(s, cpu_s, board, meter, options.energy_idle_s),
-        batch_j_per_inference={b: board.watts_per_core / t for b, t in throughput.items()})
+        batch_j_per_inference={b: board.watts_per_core * options.threads / t
+                               for b, t in throughput.items()})
 
 
 def _compare(s: _Subject, base: _Subject, result: ModelResult, base_result: ModelResult
@@ -325,8 +327,8 @@ def print_report(report: BenchReport, out: TextIO) -> None:
     for basis, detail in sorted({(r.joules.basis, r.joules.detail) for r in report.models}):
         print(f"J b1 {basis}: {detail}", file=out)
     if big:
-        print(f"J b{big} estimated: {report.board} watts per busy core / inferences per second",
-              file=out)
+        print(f"J b{big} estimated: {report.board} watts per busy core x threads / inferences "
+              "per second", file=out)
     if report.kernels:
         print("\nkernels (public API, compiled vs NumPy fallback)", file=out)
         print(format_table(report.kernels), file=out)
