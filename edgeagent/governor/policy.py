@@ -13,28 +13,16 @@ on purpose (issue 5 refines it):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from edgeagent.boards import BoardProfile
 from edgeagent.config import BatteryConfig, GovernorConfig, WorkloadConfig
+from edgeagent.governor.decision import Decision
 from edgeagent.state import SiteState
 
 #: Leaving a fallback for a costlier model needs the budget this much above the fallback's
 #: threshold, so a budget hovering at a threshold does not reload models every tick.
 MODEL_UP_MARGIN = 0.1
 DEFAULT_WORKLOAD = WorkloadConfig()
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the site does until the next tick: ``workers`` is the work level, ``model`` what
-    they run."""
-
-    workers: int
-    budget_w: float
-    reason: str
-    holding_reserve: bool = False
-    model: str = DEFAULT_WORKLOAD.model
 
 
 def choose_model(budget_w: float, workload: WorkloadConfig, previous: str | None) -> str:
