@@ -12,7 +12,7 @@ from typing import Any
 
 from edgeagent.boards import BoardProfile
 from edgeagent.config import BatteryConfig, GovernorConfig, WorkloadConfig
-from edgeagent.governor import Decision, decide
+from edgeagent.governor import Decision, Forecaster, GovernorMemory, decide
 from edgeagent.infer.energy import estimate_basis
 from edgeagent.power.source import PowerSource
 from edgeagent.state import SiteState
@@ -27,9 +27,12 @@ class Agent:
                  battery: BatteryConfig, governor: GovernorConfig, stale_after_s: float,
                  pool: WorkerPool, outbox: Outbox, topics: Topics, link: MqttLink | None,
                  telemetry_interval_s: float, workload: WorkloadConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 forecaster: Forecaster | None = None) -> None:
         """``clock`` drives telemetry cadence and time-at-level: wall time on a board,
-        simulated time in the demo. Staleness always uses the monotonic wall clock."""
+        simulated time in the demo. Staleness always uses the monotonic wall clock; the
+        governor plans in UTC epoch seconds. ``forecaster``: the site's solar forecast (None
+        without coordinates), fed with the PV the site reports."""
         self.sources = sources
         self.board = board
         self.battery = battery
@@ -44,6 +47,8 @@ class Agent:
         self.clock = clock
         self.energy = EnergyLedger()
         self._cpu_s_seen = 0.0
+        self.forecaster = forecaster
+        self.memory = GovernorMemory()
         self.decision: Decision | None = None
         self.state = SiteState()
         self.time_at_level: defaultdict[int, float] = defaultdict(float)
@@ -68,8 +73,15 @@ class Agent:
         self._last_tick = now
         self.state = self.site_state()
         self._account_energy()
-        self.decision = decide(self.state, self.board, self.battery, self.governor, self.decision,
-                               self.workload)
+        epoch = time.time()
+        forecast = None
+        if self.forecaster is not None:
+            if self.state.pv_power_w is not None:
+                self.forecaster.observe(epoch, self.state.pv_power_w)
+            forecast = self.forecaster.forecast(epoch)
+        self.decision, self.memory = decide(self.state, epoch, forecast, self.board,
+                                            self.battery, self.governor, self.workload,
+                                            self.memory)
         self.pool.set_model(self.decision.model)
         self.pool.set_workers(self.decision.workers)
         try:

@@ -113,6 +113,42 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument("--std", metavar="S[,S,S]",
                           help="images: per-channel standard deviation to divide by")
     quantize.add_argument("--json", action="store_true", help="the report as one JSON object")
+
+    simulate = sub.add_parser("simulate", help="a year of sun through the site's battery and "
+                              "board under the governor, baselines and an offline oracle")
+    source = simulate.add_mutually_exclusive_group()
+    source.add_argument("--trace", type=Path, metavar="CSV",
+                        help="columns timestamp (ISO 8601, UTC) and ghi (W/m², optional "
+                        "temp_air °C) or pv_w (W)")
+    source.add_argument("--site", metavar="NAME", help="a typical year bundled with pvlib: "
+                        "sand-point, greensboro or miami (default greensboro)")
+    simulate.add_argument("--lat", type=float, dest="latitude", metavar="DEG",
+                          help="the trace's latitude (the governor's forecast needs it)")
+    simulate.add_argument("--lon", type=float, dest="longitude", metavar="DEG",
+                          help="the trace's longitude, east positive")
+    simulate.add_argument("--start", metavar="WHEN", help="ISO 8601 date or time, UTC "
+                          "(default: the trace's first timestamp; a site's January 1st)")
+    simulate.add_argument("--days", type=float, metavar="N",
+                          help="default: the rest of the trace; a site's whole year")
+    simulate.add_argument("--step-min", type=float, default=10.0, metavar="MIN",
+                          help="simulation step (default 10)")
+    simulate.add_argument("--panel-wp", type=float, metavar="W",
+                          help="panel rating for ghi traces (default 100)")
+    simulate.add_argument("--battery-wh", type=float, default=240.0, metavar="WH",
+                          help="battery capacity (default 240)")
+    simulate.add_argument("--battery-chem", choices=("lifepo4", "leadacid"), default="lifepo4")
+    simulate.add_argument("--reserve-pct", type=float, metavar="PCT",
+                          help="battery reserve (default: 20 LiFePO4, 50 lead-acid)")
+    simulate.add_argument("--initial-soc", type=float, default=100.0, metavar="PCT",
+                          help="battery charge at the start (default 100)")
+    simulate.add_argument("--board", default="raspberry-pi-4",
+                          help="board profile (default raspberry-pi-4)")
+    simulate.add_argument("--policy", choices=("always-on", "threshold", "governor", "oracle",
+                                               "all"), default="all",
+                          help="policy to simulate; the oracle always runs too (default all)")
+    simulate.add_argument("--json", action="store_true", help="the report as one JSON object")
+    simulate.add_argument("--plot", type=Path, metavar="PNG",
+                          help="write PV, battery charge and work level over time")
     return p
 
 
@@ -251,4 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(report.to_json() if args.json else format_report(report))
         return 0
+    if args.command == "simulate":
+        from edgeagent.sim.simulate import SimulateOptions, run_simulate
+
+        return run_simulate(SimulateOptions(
+            trace=args.trace, site=args.site, latitude=args.latitude, longitude=args.longitude,
+            start=args.start, days=args.days, step_min=args.step_min, panel_wp=args.panel_wp,
+            battery_wh=args.battery_wh, battery_chem=args.battery_chem,
+            reserve_pct=args.reserve_pct, initial_soc_pct=args.initial_soc, board=args.board,
+            policy=args.policy, json=args.json, plot=args.plot), sys.stdout, sys.stderr)
     raise AssertionError(args.command)

@@ -38,6 +38,15 @@ class SiteConfig(Section):
     id: str = Field(default="site1", pattern=TOPIC_LEVEL, description="site id (topic level)")
     node: str = Field(default="node1", pattern=TOPIC_LEVEL, description="node id (topic level)")
     board: str = Field(default="raspberry-pi-4", description="board profile name")
+    latitude: float | None = Field(default=None, ge=-90, le=90,
+                                   description="degrees north; with longitude, the solar forecast")
+    longitude: float | None = Field(default=None, ge=-180, le=180, description="degrees east")
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> SiteConfig:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("site.latitude and site.longitude: give both or neither")
+        return self
 
     @field_validator("board")
     @classmethod
@@ -76,9 +85,59 @@ class BatteryConfig(Section):
 
 
 class GovernorConfig(Section):
+    """How the governor plans: look-ahead, pessimism, dwell times, the adaptive reserve, and
+    the site's power chain as its plan models it (the defaults are a small MPPT charger and a
+    12 V -> 5 V converter feeding the board)."""
+
     max_workers: int = Field(default=2, ge=0, le=64)
-    horizon_h: float = Field(default=12.0, gt=0, le=72)
+    horizon_h: float = Field(default=48.0, gt=0, le=72, description="how far the plan looks")
     tick_s: float = Field(default=5.0, gt=0, le=3600)
+    forecast_quantile: float = Field(
+        default=0.85, gt=0, lt=1,
+        description="clearness quantile of past days taken for the days ahead: higher spends "
+                    "more before the sun that refills the battery, lower saves more for it; "
+                    "the storm margin keeps the reserve either way")
+    min_dwell_s: float = Field(
+        default=1800.0, ge=0, le=86400,
+        description="least time at a work level before the plan may change it; the reserve "
+                    "overrides it")
+    allow_sleep: bool = Field(
+        default=False,
+        description="halt the board while the plan has no work for it; needs something that "
+                    "wakes it at the planned time (an RTC alarm, the charger's load timer)")
+    min_sleep_s: float = Field(default=1800.0, ge=0, le=86400, description="shortest halt")
+    reserve_step_pct: float = Field(
+        default=2.0, ge=0, le=20,
+        description="the reserve rises this much for each day without a full charge and "
+                    "falls as much for each day with one (Victron BatteryLife)")
+    reserve_max_raise_pct: float = Field(default=10.0, ge=0, le=50,
+                                         description="the most the reserve rises")
+    full_soc_pct: float = Field(default=97.0, gt=50, le=100,
+                                description="state of charge that counts as a full charge")
+    margin_pct: float = Field(default=1.0, ge=0, le=20,
+                              description="the plan stays this far above the reserve")
+    storm_clearness: float = Field(
+        default=0.05, ge=0, le=1,
+        description="the sun of a storm, as a share of clear sky (see storm_h)")
+    storm_h: float = Field(
+        default=96.0, ge=0, le=720,
+        description="the plan keeps enough charge to sleep through a storm this long without "
+                    "touching the reserve")
+    charge_efficiency: float = Field(default=0.95, gt=0, le=1,
+                                     description="the battery's, as the plan assumes it")
+    discharge_efficiency: float = Field(default=0.95, gt=0, le=1)
+    converter_efficiency: float = Field(default=0.9, gt=0, le=1,
+                                        description="battery bus -> board converter")
+    standby_w: float = Field(default=0.15, ge=0, le=100,
+                             description="drawn from the battery besides the board (charger)")
+    sleep_w: float = Field(default=0.1, ge=0, le=100,
+                           description="the halted board and its wake timer")
+    agent_w: float = Field(default=0.1, ge=0, le=100,
+                           description="the agent's own draw on top of the board's idle")
+    lean_telemetry_interval_s: float = Field(
+        default=300.0, gt=0, le=86400, description="telemetry interval while energy is short")
+    cpufreq_min_pct: float = Field(default=50.0, gt=0, le=100,
+                                   description="the lowest cpufreq cap, at work level 0")
 
 
 def _model_ref(model: str, info: ValidationInfo) -> str:
@@ -155,12 +214,59 @@ class TelemetryConfig(Section):
         return url
 
 
+class JobsConfig(Section):
+    """The durable job queue and its inbox directory (``workloads.jobs``, ``workloads.inbox``).
+
+    Job cost is in CPU-seconds of one core (``work_cpu_s``); its energy follows from the board
+    profile. Input data stays on the site: results carry metadata and the result, and the
+    input's reference only with ``share_inputs``.
+    """
+
+    path: Path = Field(default=Path("/var/lib/edgeagent/jobs.db"), description="SQLite queue")
+    inbox_dir: Path | None = Field(default=None,
+                                   description="directory polled for job files; None: no inbox")
+    max_attempts: int = Field(default=3, ge=1, le=100,
+                              description="runs of a job before it is failed")
+    best_effort_ttl_h: float = Field(default=24.0, gt=0, le=24 * 365,
+                                     description="a best-effort job waits this long at most")
+    default_work_cpu_s: float = Field(default=10.0, gt=0, le=7 * 86400,
+                                      description="estimated cost of a job that states none")
+    keep_finished_days: float = Field(default=30.0, gt=0,
+                                      description="finished jobs are pruned after this")
+    share_inputs: bool = Field(default=False,
+                               description="let results carry the input's reference")
+
+
 class ActuatorConfig(Section):
     """Knobs that write to the machine; every one is off until the operator turns it on."""
 
     cpufreq: bool = False
     cgroup: bool = False
+    nvpmodel: bool = Field(default=False, description="Jetson power modes through nvpmodel")
+    dry_run: bool = Field(default=False,
+                          description="log what the knobs would be set to, write nothing")
     sysfs_root: Path = Path("/sys")
+    cgroup_slice: str = Field(
+        default="edgeagent.slice/edgeagent-workloads.slice",
+        description="the workloads' cgroup under <sysfs_root>/fs/cgroup (systemd puts a unit "
+                    "with Slice=edgeagent-workloads.slice in edgeagent.slice/...)")
+    nvpmodel_conf: Path = Path("/etc/nvpmodel.conf")
+    nvpmodel_command: list[str] = Field(
+        default_factory=lambda: ["nvpmodel"], min_length=1,
+        description="switching modes needs root: e.g. [\"sudo\", \"-n\", \"nvpmodel\"]")
+    min_interval_s: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="least seconds between a knob's write and the next one that raises it "
+                    "(lowering is never delayed): bounds flapping")
+
+    @field_validator("cgroup_slice")
+    @classmethod
+    def _relative_slice(cls, path: str) -> str:
+        parts = Path(path).parts
+        if not parts or Path(path).is_absolute() or ".." in parts:
+            raise ValueError("a path under the cgroup mount, like "
+                             "edgeagent.slice/edgeagent-workloads.slice")
+        return path
 
 
 class Config(Section):
@@ -170,6 +276,7 @@ class Config(Section):
     governor: GovernorConfig = Field(default_factory=GovernorConfig)
     workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     actuators: ActuatorConfig = Field(default_factory=ActuatorConfig)
 
     @model_validator(mode="after")

@@ -5,9 +5,10 @@ approximations) and the Haurwitz clear-sky irradiance, which needs only the zeni
 site's own history supplies the rest: its PV capacity (how many watts it makes per clear-sky
 W/m², learned from the best hours seen, seeded by the panel rating when known), today's
 clearness (PV energy so far over the clear-sky energy so far), and the clearness of past days,
-whose quantile (the pessimism setting) forecasts the days ahead. ``Forecaster`` is the stateful
-learner both the live agent and the simulator feed; ``Forecast`` is the plain data the pure
-governor reads.
+whose quantile (the pessimism setting) forecasts the days ahead. Days run from local solar
+midnight (from the longitude), so a day's clearness covers its whole daylight. ``Forecaster``
+is the stateful learner both the live agent and the simulator feed; ``Forecast`` is the plain
+data the pure governor reads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ MIN_CLEAR_W_M2 = 20.0  # below this the sun is down for our purposes
 LEARN_CLEAR_W_M2 = 300.0  # capacity is learned only from hours with the sun this high
 PRIOR_CLEARNESS = 0.5  # before any full day is seen
 HISTORY_DAYS = 14
+MAX_GAP_S = 1800.0  # observations further apart than this do not integrate into a day's energy
+SKY_CACHE_S = 3 * DAY_S  # clear-sky sun computed this far beyond the horizon at a time
 
 
 def clear_sky_ghi(times: npt.ArrayLike, latitude: float, longitude: float
@@ -88,10 +91,11 @@ class Forecaster:
     """Learns the site's PV capacity and clearness from observed PV power; forecasts from them.
 
     ``observe`` every tick (any spacing), ``forecast`` when a decision is due. Deterministic
-    and cheap: the simulator calls it tens of thousands of times per simulated year.
+    and cheap: the simulator calls it tens of thousands of times per simulated year, so the
+    clear-sky sun is computed a few days at a time and reused.
     """
 
-    def __init__(self, latitude: float, longitude: float, *, quantile: float = 0.25,
+    def __init__(self, latitude: float, longitude: float, *, quantile: float = 0.5,
                  capacity_w: float | None = None, horizon_h: float = 48.0,
                  step_s: float = 600.0) -> None:
         """``capacity_w``: the PV watts at 1000 W/m² clear-sky GHI, as a prior (the panel's
@@ -101,6 +105,7 @@ class Forecaster:
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         self.latitude, self.longitude = latitude, longitude
+        self._midnight_s = -longitude / 360.0 * DAY_S  # local solar midnight, UTC seconds
         self.quantile = quantile
         self.step_s = step_s
         self.slots = int(horizon_h * 3600 / step_s)
@@ -108,10 +113,13 @@ class Forecaster:
         self._ratios: deque[float] = deque(maxlen=HISTORY_DAYS * 24 * 6)  # pv W per clear W/m²
         self._capacity: float | None = capacity_w
         self._days: deque[float] = deque(maxlen=HISTORY_DAYS)  # clearness of whole past days
+        self._ahead = PRIOR_CLEARNESS
         self._day: int | None = None
         self._day_pv_wh = 0.0
         self._day_clear_wh = 0.0
         self._last_t: float | None = None
+        self._sky_first = 0  # slot index of _sky[0]
+        self._sky = np.zeros(0)  # clear-sky GHI at the middle of each slot
 
     @property
     def capacity_w(self) -> float | None:
@@ -122,45 +130,64 @@ class Forecaster:
             return None
         return self._day_pv_wh / (self._day_clear_wh * self._capacity / 1000.0)
 
-    def observe(self, t: float, pv_w: float) -> None:
-        day = int(t // DAY_S)
+    def observe(self, t: float, pv_w: float, *, curtailed: bool = False) -> None:
+        """PV power seen at ``t``. ``curtailed``: the charger was holding back (a full
+        battery), so the power is what the load took, not what the sun offered: it teaches
+        neither capacity nor clearness."""
+        day = int((t - self._midnight_s) // DAY_S)
         if self._day is not None and day != self._day:
             self._close_day()
         self._day = day
+        last, self._last_t = self._last_t, t
+        if curtailed:
+            return
         ghi = float(clear_sky_ghi(t, self.latitude, self.longitude))
-        if self._last_t is not None and 0 < t - self._last_t <= 6 * 3600:
-            hours = (t - self._last_t) / 3600.0
+        if last is not None and 0 < t - last <= MAX_GAP_S:
+            # Only what was seen counts: a gap (the board asleep) is neither sun nor cloud.
+            hours = (t - last) / 3600.0
             self._day_pv_wh += max(pv_w, 0.0) * hours
             self._day_clear_wh += ghi * hours
-        self._last_t = t
         if ghi >= LEARN_CLEAR_W_M2:
             self._ratios.append(max(pv_w, 0.0) / ghi)
-            learned = float(np.percentile(self._ratios, 98)) * 1000.0
-            # Learned capacity replaces the prior when it is higher, or after two full weeks
-            # (a panel that never reaches its rating is smaller, or shaded).
-            full = len(self._ratios) == self._ratios.maxlen
-            if self._prior_capacity is None or learned > self._prior_capacity or full:
-                self._capacity = learned
+            if self._capacity is None or len(self._ratios) % 6 == 0:
+                self._learn_capacity()
+
+    def _learn_capacity(self) -> None:
+        learned = float(np.percentile(self._ratios, 98)) * 1000.0
+        # Learned capacity replaces the prior when it is higher, or after two full weeks
+        # (a panel that never reaches its rating is smaller, or shaded).
+        full = len(self._ratios) == self._ratios.maxlen
+        if self._prior_capacity is None or learned > self._prior_capacity or full:
+            self._capacity = learned
 
     def _close_day(self) -> None:
         clearness = self.clearness_today()
         if clearness is not None and self._day_clear_wh > 1000:  # a day with real daylight
             self._days.append(min(clearness, 1.5))
+            self._ahead = float(np.quantile(list(self._days), self.quantile))
         self._day_pv_wh = self._day_clear_wh = 0.0
 
+    def _clear_sky(self, first: int) -> npt.NDArray[np.float64]:
+        """Clear-sky GHI for the ``slots`` slots from slot index ``first``."""
+        if not self._sky_first <= first <= self._sky_first + len(self._sky) - self.slots:
+            count = self.slots + int(SKY_CACHE_S / self.step_s)
+            mids = (first + np.arange(count) + 0.5) * self.step_s
+            self._sky_first, self._sky = first, clear_sky_ghi(mids, self.latitude,
+                                                               self.longitude)
+        offset = first - self._sky_first
+        return self._sky[offset:offset + self.slots]
+
     def forecast(self, t: float) -> Forecast:
-        start = math.floor(t / self.step_s) * self.step_s
-        mids = start + (np.arange(self.slots) + 0.5) * self.step_s
+        first = math.floor(t / self.step_s)
+        start = first * self.step_s
         capacity = self._capacity or 0.0
-        clear = clear_sky_ghi(mids, self.latitude, self.longitude) * capacity / 1000.0
-        ahead = (float(np.quantile(list(self._days), self.quantile)) if self._days
-                 else PRIOR_CLEARNESS)
-        today = self.clearness_today()
-        clearness = np.full(self.slots, ahead)
+        clear = self._clear_sky(first) * (capacity / 1000.0)
+        same_day = int((t - self._midnight_s) // DAY_S) == self._day
+        today = self.clearness_today() if same_day else None  # not a day seen long ago
+        pv = clear * self._ahead
         if today is not None:
             # The rest of today looks like today so far, weighted by how much of it was seen.
             seen = min(self._day_clear_wh / 6000.0, 1.0)  # ~6 kWh/m² is a full clear day
-            same_day = (mids // DAY_S) == (t // DAY_S)
-            clearness[same_day] = seen * min(today, 1.2) + (1 - seen) * ahead
-        pv = clear * clearness
+            rest = int((DAY_S - (t - self._midnight_s) % DAY_S) // self.step_s) + 1
+            pv[:rest] = clear[:rest] * (seen * min(today, 1.2) + (1 - seen) * self._ahead)
         return Forecast(start, self.step_s, tuple(pv.tolist()), tuple(clear.tolist()))
