@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from edgeagent.actuators import ActuatorSet, WorkerPoolActuator
 from edgeagent.boards import BoardProfile
 from edgeagent.config import BatteryConfig, GovernorConfig, WorkloadConfig
 from edgeagent.governor import Decision, Forecaster, GovernorMemory, decide
@@ -18,6 +19,7 @@ from edgeagent.power.source import PowerSource
 from edgeagent.state import SiteState
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
+from edgeagent.workloads.desk import JobDesk
 from edgeagent.workloads.energy import EnergyLedger, solar_share_now
 from edgeagent.workloads.pool import WorkerPool
 
@@ -28,11 +30,15 @@ class Agent:
                  pool: WorkerPool, outbox: Outbox, topics: Topics, link: MqttLink | None,
                  telemetry_interval_s: float, workload: WorkloadConfig | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 forecaster: Forecaster | None = None) -> None:
+                 epoch: Callable[[], float] = time.time,
+                 forecaster: Forecaster | None = None, actuators: ActuatorSet | None = None,
+                 desk: JobDesk | None = None) -> None:
         """``clock`` drives telemetry cadence and time-at-level: wall time on a board,
         simulated time in the demo. Staleness always uses the monotonic wall clock; the
-        governor plans in UTC epoch seconds. ``forecaster``: the site's solar forecast (None
-        without coordinates), fed with the PV the site reports."""
+        governor plans in UTC epoch seconds from ``epoch`` (the emulated sun's in the demo).
+        ``forecaster``: the site's solar forecast (None without coordinates), fed with the PV
+        the site reports. ``actuators`` apply each decision (default: the worker pool only);
+        ``desk`` takes jobs in and expires them."""
         self.sources = sources
         self.board = board
         self.battery = battery
@@ -45,6 +51,9 @@ class Agent:
         self.telemetry_interval_s = telemetry_interval_s
         self.workload = workload or WorkloadConfig(model=pool.model)
         self.clock = clock
+        self.epoch = epoch
+        self.actuators = actuators or ActuatorSet([WorkerPoolActuator(pool, clock=clock)])
+        self.desk = desk
         self.energy = EnergyLedger()
         self._cpu_s_seen = 0.0
         self.forecaster = forecaster
@@ -73,17 +82,25 @@ class Agent:
         self._last_tick = now
         self.state = self.site_state()
         self._account_energy()
-        epoch = time.time()
+        epoch = self.epoch()
         forecast = None
         if self.forecaster is not None:
             if self.state.pv_power_w is not None:
                 self.forecaster.observe(epoch, self.state.pv_power_w)
             forecast = self.forecaster.forecast(epoch)
+        urgent = False
+        try:
+            if self.desk is not None:
+                self.desk.tick(epoch, self.state, self.decision, forecast)
+                urgent = self.desk.urgent_waiting(epoch)
+        except sqlite3.Error as exc:  # the job queue's disk: count it, keep governing
+            self.outbox_errors += 1
+            self.last_outbox_error = f"jobs: {exc}"
         self.decision, self.memory = decide(self.state, epoch, forecast, self.board,
                                             self.battery, self.governor, self.workload,
-                                            self.memory)
-        self.pool.set_model(self.decision.model)
-        self.pool.set_workers(self.decision.workers)
+                                            self.memory, urgent_waiting=urgent)
+        self.actuators.apply(self.decision)
+        self.pool.set_admitted(self.decision.admit)
         try:
             if now >= self._next_telemetry:
                 self._next_telemetry = now + self.telemetry_interval_s
@@ -99,7 +116,8 @@ class Agent:
 
     def _account_energy(self) -> None:
         """Book the inference energy since the last tick at the solar share seen now."""
-        cpu_s = self.pool.stats().cpu_s
+        stats = self.pool.stats()
+        cpu_s = stats.cpu_s + stats.jobs.cpu_s
         spent_j = (cpu_s - self._cpu_s_seen) * self.board.watts_per_core
         self._cpu_s_seen = cpu_s
         if spent_j > 0:
@@ -152,10 +170,14 @@ class Agent:
             "ts": time.time(),
             "power": power,
             "decision": None if decision is None else {
-                "workers": decision.workers, "budget_w": round(decision.budget_w, 3),
-                "model": decision.model, "reason": decision.reason},
+                "workers": decision.workers, "level": round(decision.level, 4),
+                "budget_w": round(decision.budget_w, 3), "model": decision.model,
+                "admit": sorted(decision.admit), "reserve_pct": decision.reserve_pct,
+                "sleep_until": decision.sleep_until, "reason": decision.reason},
             "workload": self._workload_telemetry(),
             "devices": {s.name: self._device_health(s) for s in self.sources},
+            "actuators": self.actuators.telemetry(),
+            "queue": None if self.desk is None else self.desk.queue.counts(),
             "outbox": {"pending": self.outbox.pending_count(), "dropped": self.outbox.dropped,
                        "errors": self.outbox_errors,
                        "rejected": 0 if self.link is None else len(self.link.rejected)},

@@ -222,7 +222,8 @@ class JobsConfig(Section):
     input's reference only with ``share_inputs``.
     """
 
-    path: Path = Field(default=Path("/var/lib/edgeagent/jobs.db"), description="SQLite queue")
+    path: Path | None = Field(default=None, description="SQLite queue; default: jobs.db "
+                              "next to telemetry.outbox_path (the service's state directory)")
     inbox_dir: Path | None = Field(default=None,
                                    description="directory polled for job files; None: no inbox")
     max_attempts: int = Field(default=3, ge=1, le=100,

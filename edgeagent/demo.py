@@ -25,6 +25,7 @@ from typing import TextIO
 from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, GovernorConfig, ModelFallback, WorkloadConfig
+from edgeagent.governor import Forecaster
 from edgeagent.infer import DigitsClassifier, load_bundled_samples
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
@@ -35,7 +36,7 @@ from edgeagent.sim.bms import DalyEmulator, JBDEmulator
 from edgeagent.sim.device import DeviceEmulator
 from edgeagent.sim.emulator import SiteEmulator
 from edgeagent.sim.modbus import EPEverEmulator, RenogyEmulator
-from edgeagent.sim.solar import SolarTrace, hour_of_year
+from edgeagent.sim.solar import DEFAULT_DERATE, SolarTrace, hour_of_year
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox, OutboxError
 from edgeagent.workloads.pool import WorkerPool
@@ -51,6 +52,10 @@ TELEMETRY_EVERY_SIM_S = 600.0
 TICK_WALL_S = 0.1
 STATUS_EVERY_WALL_S = 2.0
 POLL_WALL_S = 0.25  # polled devices are asked this often (wall time)
+# Greensboro, NC (the TMY3 station): the governor's forecast needs the emulated sun's place, and
+# its clock the emulated sun's time: TMY3 hours are local standard time, UTC-5.
+LATITUDE, LONGITUDE = 36.1, -79.9
+TMY_YEAR_START_UTC = 1609459200.0 + 5 * 3600  # 2021-01-01 00:00 EST
 # The large int8 model while the budget allows it, the small one when energy is short.
 WORKLOAD = WorkloadConfig(model="digits-large-int8",
                           fallbacks=[ModelFallback(model="digits-int8", below_budget_w=2.0)])
@@ -146,7 +151,11 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
     agent = Agent(sources=readers, board=board, battery=battery_cfg, governor=governor_cfg,
                   stale_after_s=5.0, pool=pool, outbox=outbox, topics=topics, link=link,
                   telemetry_interval_s=TELEMETRY_EVERY_SIM_S, workload=WORKLOAD,
-                  clock=lambda: emulator.sim_hour * 3600.0)
+                  clock=lambda: emulator.sim_hour * 3600.0,
+                  epoch=lambda: TMY_YEAR_START_UTC + emulator.sim_hour * 3600.0,
+                  forecaster=Forecaster(LATITUDE, LONGITUDE,
+                                        quantile=governor_cfg.forecast_quantile,
+                                        capacity_w=PANEL_WP * DEFAULT_DERATE))
     print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
           f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
           f"solar trace TMY3 Greensboro NC from June 21, {options.speed:.0f}x time", file=out)

@@ -14,8 +14,10 @@ from functools import partial
 from types import FrameType
 from typing import TextIO
 
+from edgeagent.actuators import build_actuators
 from edgeagent.agent import Agent
 from edgeagent.config import Config, PowerDevice
+from edgeagent.governor import Forecaster
 from edgeagent.infer import DigitsClassifier, load_bundled_samples
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
@@ -23,6 +25,9 @@ from edgeagent.power.reader import SerialReader
 from edgeagent.power.source import PinnedSource, PowerSource
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox, OutboxError
+from edgeagent.workloads.desk import JobDesk
+from edgeagent.workloads.inbox import Intake
+from edgeagent.workloads.jobs import JobError, JobQueue
 from edgeagent.workloads.pool import WorkerPool
 
 
@@ -49,9 +54,6 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
     except (OSError, ValueError, ImportError) as exc:
         print(f"edgeagent run: workload model: {exc}", file=out)
         return 2
-    pool = WorkerPool(partial(DigitsClassifier.load, threads=workload.threads_per_worker),
-                      samples, labels, max_workers=config.governor.max_workers,
-                      batch_size=workload.batch_size, model=workload.model)
     readers = [device_reader(d) for d in config.power.devices]
     tel = config.telemetry
     topics = Topics(tel.topic_root, config.site.id, config.site.node)
@@ -61,12 +63,35 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
         print(f"edgeagent run: {exc} (check telemetry.outbox_path and the service's "
               "StateDirectory)", file=out)
         return 2
+    jobs_cfg = config.jobs
+    try:
+        queue = JobQueue(jobs_cfg.path or config.telemetry.outbox_path.with_name("jobs.db"),
+                         max_attempts=jobs_cfg.max_attempts,
+                         best_effort_ttl_s=jobs_cfg.best_effort_ttl_h * 3600,
+                         default_work_cpu_s=jobs_cfg.default_work_cpu_s)
+    except JobError as exc:
+        outbox.close()
+        print(f"edgeagent run: {exc} (check jobs.path and the service's StateDirectory)",
+              file=out)
+        return 2
+    intake = (Intake(jobs_cfg.inbox_dir, queue, models=workload.models(),
+                     share_inputs=jobs_cfg.share_inputs) if jobs_cfg.inbox_dir else None)
+    pool = WorkerPool(partial(DigitsClassifier.load, threads=workload.threads_per_worker),
+                      samples, labels, max_workers=config.governor.max_workers,
+                      batch_size=workload.batch_size, model=workload.model, jobs=queue,
+                      inputs_dir=jobs_cfg.inbox_dir)
+    site = config.site
+    forecaster = (Forecaster(site.latitude, site.longitude,
+                             quantile=config.governor.forecast_quantile)
+                  if site.latitude is not None and site.longitude is not None else None)
     link = (MqttLink(tel.broker, topics, username=tel.username, password=tel.password)
             if tel.broker else None)
     agent = Agent(sources=readers, board=board, battery=config.battery, governor=config.governor,
                   stale_after_s=config.power.stale_after_s, pool=pool, outbox=outbox,
                   topics=topics, link=link, telemetry_interval_s=tel.interval_s,
-                  workload=workload)
+                  workload=workload, forecaster=forecaster,
+                  actuators=build_actuators(config.actuators, pool=pool, board=board),
+                  desk=JobDesk(queue, intake, board, config.battery, config.governor))
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -103,4 +128,5 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
         for r in readers:
             r.stop()
         outbox.close()
+        queue.close()
     return 0

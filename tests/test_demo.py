@@ -43,7 +43,7 @@ def test_demo_with_a_broker_publishes_status_and_gapless_telemetry(
         broker: Broker, subscriber_factory: Any, tmp_path: Path) -> None:
     sub = subscriber_factory("edgeagent/s1/n1/#")
     proc = demo("--broker", broker.url, "--site", "s1", "--node", "n1", "--duration", "8",
-                "--state-dir", str(tmp_path))
+                "--speed", "7200", "--state-dir", str(tmp_path))
     sub.wait_for("edgeagent/s1/n1/telemetry", lambda m: True, timeout=60)
     status = retained(broker, "edgeagent/s1/n1/status")
     assert status is not None and status["state"] == "online"  # retained while running
@@ -63,8 +63,11 @@ def test_demo_with_a_broker_publishes_status_and_gapless_telemetry(
     workload = first["workload"]
     assert {"model", "inferences", "jobs", "energy_j", "j_per_inference", "j_per_job",
             "solar_share", "energy_basis", "models", "errors", "last_error"} <= workload.keys()
+    assert workload["inferences"] > 0, "the morning sun should have paid for some work"
     assert workload["j_per_inference"] > 0 and 0 <= workload["solar_share"] <= 1
-    assert first["decision"]["model"] in workload["models"] or workload["inferences"] == 0
+    assert set(workload["models"]) <= {"digits-large-int8", "digits-int8"}
+    assert {"level", "admit", "reserve_pct", "sleep_until"} <= first["decision"].keys()
+    assert "actuators" in first and "queue" in first
 
 
 def test_demo_seq_continues_after_a_restart_on_the_same_state_dir(

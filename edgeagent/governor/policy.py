@@ -119,7 +119,8 @@ def decide(state: SiteState, now: float, forecast: Forecast | None, board: Board
         decision = _knobs(0.0, board, governor, "power data stale or missing",
                           model=_idle_model(previous, workload), admit=NO_JOBS,
                           holding=holding, reserve_pct=reserve, lean=False)
-        return decision, _remember(memory, decision, now)
+        # A level forced by blindness starts no dwell: the first real reading decides afresh.
+        return decision, replace(memory, previous=decision, level_since=None)
     soc = state.battery_soc_pct
     memory = battery_life(memory, soc, now, governor)
     reserve = min(battery.reserve_soc_pct + memory.raise_pct, 100.0)

@@ -5,19 +5,25 @@ while they compute). A worker above the allowed count parks between batches, so 
 takes effect within one batch; a model switch (the governor picking a cheaper variant) also
 takes effect at the next batch, each worker keeping the sessions it has loaded. CPU time is
 measured per thread and per model, which is what the energy accounting and the emulated board
-load are built on. One batch is one job of the built-in workload.
+load are built on. One batch is one job of the built-in workload. With a job queue, a worker
+first claims a queued job of a class the governor admits (its input: a .npy of raw digit
+pixels, relative to the inputs folder) and runs the built-in batches only when none waits.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from edgeagent.governor.decision import JobClass
+from edgeagent.workloads.jobs import Job, JobQueue
 
 
 class Classifier(Protocol):
@@ -49,15 +55,20 @@ class WorkStats:
 
 @dataclass(frozen=True)
 class PoolStats(WorkStats):
+    """The built-in workload's totals (and ``by_model``), and the queued jobs' in ``jobs``."""
+
     errors: int = 0
     by_model: dict[str, WorkStats] = field(default_factory=dict)
+    jobs: WorkStats = field(default_factory=WorkStats)
 
 
 class WorkerPool:
     def __init__(self, make_classifier: Callable[[str], Classifier], samples: npt.NDArray[np.uint8],
                  labels: npt.NDArray[np.int64], max_workers: int, batch_size: int = 32,
-                 model: str = "digits-int8") -> None:
-        """``make_classifier(model)`` loads a model by the name the governor uses for it."""
+                 model: str = "digits-int8", jobs: JobQueue | None = None,
+                 inputs_dir: Path | None = None) -> None:
+        """``make_classifier(model)`` loads a model by the name the governor uses for it;
+        ``jobs`` is the queue workers claim from, ``inputs_dir`` where job inputs live."""
         if len(samples) == 0:
             raise ValueError("the workload needs at least one sample")
         self.max_workers = max_workers
@@ -71,6 +82,10 @@ class WorkerPool:
         self._wake = threading.Condition(self._lock)
         self._stopping = False
         self._by_model: dict[str, WorkStats] = {}
+        self._jobs = jobs
+        self._inputs_dir = inputs_dir or Path(".")
+        self._admitted: frozenset[JobClass] = frozenset()
+        self._job_work = WorkStats()
         self._errors = 0
         self.last_error: str | None = None
         self._rate_mark = (time.monotonic(), 0.0)
@@ -108,16 +123,22 @@ class WorkerPool:
         with self._lock:
             self._model = model
 
+    def set_admitted(self, classes: Collection[JobClass]) -> None:
+        """Claim queued jobs of these classes only (the governor's ``admit``)."""
+        with self._lock:
+            self._admitted = frozenset(classes)
+
     def stats(self) -> PoolStats:
         with self._lock:
             by_model = dict(self._by_model)
             errors = self._errors
+            jobs = self._job_work
         total = sum(by_model.values(), WorkStats())
         return PoolStats(total.inferences, total.correct, total.cpu_s, total.batches,
-                         errors=errors, by_model=by_model)
+                         errors=errors, by_model=by_model, jobs=jobs)
 
     def _cpu_s_locked(self) -> float:
-        return sum(s.cpu_s for s in self._by_model.values())
+        return sum(s.cpu_s for s in self._by_model.values()) + self._job_work.cpu_s
 
     def busy_cores(self) -> float:
         """CPU-seconds per wall second spent on inference recently (0 .. max_workers)."""
@@ -153,7 +174,12 @@ class WorkerPool:
                     self._wake.wait()
                 if self._stopping:
                     return
-                model = self._model
+                model, admitted = self._model, self._admitted
+            job = (self._jobs.claim(admitted, time.time())
+                   if self._jobs is not None and admitted else None)
+            if job is not None:
+                self._run_job(job, loaded)
+                continue
             if model not in loaded:
                 loaded[model] = self._make(model)
             idx = (np.arange(self.batch_size) + offset) % n
@@ -165,3 +191,25 @@ class WorkerPool:
             with self._lock:
                 self._by_model[model] = (self._by_model.get(model, WorkStats())
                                          + WorkStats(len(idx), correct, cpu, 1))
+
+    def _run_job(self, job: Job, loaded: dict[str, Classifier]) -> None:
+        """Run one queued job; its failure is the job's (retried by the queue), not the
+        worker's."""
+        assert self._jobs is not None
+        cpu0 = time.thread_time()
+        try:
+            if job.model not in loaded:
+                loaded[job.model] = self._make(job.model)
+            pixels = np.load(self._inputs_dir / job.input, allow_pickle=False)
+            labels, probs = loaded[job.model].classify(pixels, k=1)
+        except Exception as exc:
+            self._jobs.mark_failed(job.id, time.time(), f"{type(exc).__name__}: {exc}")
+            return
+        cpu = time.thread_time() - cpu0
+        self._jobs.mark_done(job.id, time.time(), {
+            "labels": labels[..., 0].tolist(), "probabilities": probs[..., 0].tolist(),
+            "inferences": int(labels.shape[0]) if labels.ndim == 2 else 1,
+            "cpu_s": round(cpu, 6)})
+        with self._lock:
+            self._job_work = self._job_work + WorkStats(
+                int(labels.shape[0]) if labels.ndim == 2 else 1, 0, cpu, 1)
