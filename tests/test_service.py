@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,10 @@ import tty
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conftest import Broker, edgeagent_command, retained
+from edgeagent.infer import load_bundled_samples
 from edgeagent.power.vedirect import encode_block
 
 SHUNT = encode_block([("PID", "0xA389"), ("V", "13200"), ("I", "2000"), ("SOC", "900"),
@@ -147,3 +151,54 @@ outbox_path = "{tmp_path / 'outbox.db'}"
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_job_dropped_in_the_inbox_is_run_and_its_result_written(tmp_path: Path) -> None:
+    """The whole path: inbox file -> admission -> queue -> a worker claims it -> results/."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def device() -> None:
+        while not stop.wait(0.1):
+            os.write(master, SHUNT)
+
+    threading.Thread(target=device, daemon=True).start()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    pixels, labels = load_bundled_samples()
+    np.save(inbox / "five.npy", pixels[:5])
+    (inbox / "job.json.tmp").write_text(json.dumps(
+        {"id": "job-1", "class": "urgent", "model": "digits-int8", "input": "five.npy"}))
+    (inbox / "job.json.tmp").rename(inbox / "job.json")  # complete files only, by rename
+    config = tmp_path / "edgeagent.toml"
+    config.write_text(f"""
+[[power.devices]]
+driver = "vedirect"
+port = "{os.ttyname(slave)}"
+[governor]
+tick_s = 0.2
+[jobs]
+inbox_dir = "{inbox}"
+[telemetry]
+outbox_path = "{tmp_path / 'outbox.db'}"
+""")
+    proc = subprocess.Popen([*edgeagent_command(), "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result = inbox / "results" / "job-1.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not result.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert result.exists(), proc.stderr.read() if proc.poll() is not None else "no result"
+        record = json.loads(result.read_text())
+        assert record["state"] == "done"
+        assert record["result"]["labels"] == labels[:5].tolist()
+        assert "input" not in record  # input data stays on the site
+        assert (inbox / "accepted" / "job.json").exists()
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        os.close(master)
+        os.close(slave)
