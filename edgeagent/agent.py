@@ -86,7 +86,10 @@ class Agent:
         forecast = None
         if self.forecaster is not None:
             if self.state.pv_power_w is not None:
-                self.forecaster.observe(epoch, self.state.pv_power_w)
+                # In float the charger holds the panel back: the PV seen is the load's, not
+                # the sun's, and must teach the forecast neither capacity nor clearness.
+                self.forecaster.observe(epoch, self.state.pv_power_w,
+                                        curtailed=self.state.charger_state == "float")
             forecast = self.forecaster.forecast(epoch)
         urgent = False
         try:

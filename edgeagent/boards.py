@@ -43,6 +43,9 @@ class BoardProfile(BaseModel):
     cores: int = Field(gt=0)
     idle_w: float = Field(gt=0)
     full_load_w: float = Field(gt=0)
+    # Halted behind a switched-off load output the board draws nothing; what stays on is the
+    # timer that wakes it (an RTC, or the charger's load timer). Counted as zero work.
+    sleep_w: float = Field(default=0.1, ge=0)
     serial_ports: list[str]
     power_sensor: PowerSensor
     knobs: Knobs

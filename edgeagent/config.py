@@ -130,8 +130,6 @@ class GovernorConfig(Section):
                                         description="battery bus -> board converter")
     standby_w: float = Field(default=0.15, ge=0, le=100,
                              description="drawn from the battery besides the board (charger)")
-    sleep_w: float = Field(default=0.1, ge=0, le=100,
-                           description="the halted board and its wake timer")
     agent_w: float = Field(default=0.1, ge=0, le=100,
                            description="the agent's own draw on top of the board's idle")
     lean_telemetry_interval_s: float = Field(

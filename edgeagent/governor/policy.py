@@ -78,7 +78,7 @@ def choose_model(budget_w: float, workload: WorkloadConfig, previous: str | None
 def bus_board(board: BoardProfile, governor: GovernorConfig) -> planner.Board:
     """The board's draw as the battery sees it: through the converter, plus the standby."""
     conv, standby = governor.converter_efficiency, governor.standby_w
-    return planner.Board(sleep_w=standby + governor.sleep_w,
+    return planner.Board(sleep_w=standby + board.sleep_w,
                          idle_w=standby + (board.idle_w + governor.agent_w) / conv,
                          full_w=standby + (board.full_load_w + governor.agent_w) / conv)
 

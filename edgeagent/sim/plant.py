@@ -23,10 +23,6 @@ from edgeagent.state import SiteState
 CONTROLLER_W = 0.15  # a small MPPT's self-consumption, ~10-20 mA at 12 V (datasheet-typical)
 CONVERTER_EFFICIENCY = 0.90  # 12 V -> 5 V buck converter feeding the board (§4.2)
 AGENT_W = 0.1  # edgeagent's own draw on the board while it is awake
-#: A halted board behind a switched-off load output draws nothing; what stays on is the timer
-#: that wakes it (an RTC board, or the controller's load timer). The board profiles do not say
-#: yet, so every board gets this.
-SLEEP_W = 0.1
 RECONNECT_PCT = 10.0  # the load output closes again this far above the cut-off
 
 
@@ -66,7 +62,11 @@ class PlantSpec:
     chemistry: Chemistry
     reserve_pct: float
     initial_soc_pct: float = 100.0
-    sleep_w: float = SLEEP_W
+
+    @property
+    def sleep_w(self) -> float:
+        """The halted board, from its profile."""
+        return self.board.sleep_w
 
     @property
     def asleep_w(self) -> float:

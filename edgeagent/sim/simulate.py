@@ -268,7 +268,7 @@ class Governor:
             charge_efficiency=chem.charge_efficiency,
             discharge_efficiency=chem.discharge_efficiency,
             converter_efficiency=CONVERTER_EFFICIENCY, standby_w=CONTROLLER_W,
-            sleep_w=spec.sleep_w, agent_w=AGENT_W)
+            agent_w=AGENT_W)
         capacity = None if scenario.panel_wp is None else scenario.panel_wp * DERATE
         self.forecaster = Forecaster(*position(scenario), quantile=self.config.forecast_quantile,
                                      capacity_w=capacity)
