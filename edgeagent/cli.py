@@ -146,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--policy", choices=("always-on", "threshold", "governor", "oracle",
                                                "all"), default="all",
                           help="policy to simulate; the oracle always runs too (default all)")
+    simulate.add_argument("--jobs-per-day", type=float, default=4.0, metavar="N",
+                          help="deferrable jobs a day in the simulated job stream (default 4; "
+                               "0: none)")
     simulate.add_argument("--json", action="store_true", help="the report as one JSON object")
     simulate.add_argument("--plot", type=Path, metavar="PNG",
                           help="write PV, battery charge and work level over time")
@@ -295,5 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             start=args.start, days=args.days, step_min=args.step_min, panel_wp=args.panel_wp,
             battery_wh=args.battery_wh, battery_chem=args.battery_chem,
             reserve_pct=args.reserve_pct, initial_soc_pct=args.initial_soc, board=args.board,
-            policy=args.policy, json=args.json, plot=args.plot), sys.stdout, sys.stderr)
+            policy=args.policy, json=args.json, plot=args.plot,
+            jobs_per_day=args.jobs_per_day), sys.stdout, sys.stderr)
     raise AssertionError(args.command)

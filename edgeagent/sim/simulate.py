@@ -16,8 +16,12 @@ Metrics, per policy (JSON keys):
 * ``brownout_min`` / ``brownouts``: minutes the load output was cut because the battery could
   not carry the load (from the cut until it recloses), and how many times that happened;
 * ``pv_utilization``: 1 - curtailed / available PV; ``curtailed_kwh``;
-* ``deadline_misses``, ``jobs_done``: 0, jobs are not simulated (work is measured in
-  core-hours);
+* ``jobs_done``, ``deadline_misses``, ``jobs_rejected``: a seeded synthetic stream of
+  deferrable jobs (``--jobs-per-day``, see ``jobstream.py``) run on each step's work
+  (level x cores x step seconds) in the live queue's order: done by the deadline, done after it
+  or expired, refused at arrival. The governor admits jobs with the live agent's ``admit``
+  (its forecast, the battery above its reserve); the baselines and the oracle accept every job
+  (the oracle's ``work_cpu_h`` stays the LP bound; its jobs run on its work schedule);
 * ``switches``: changes of the work level between steps (sleep counts as level 0);
 * ``asleep_h``, ``min_soc_pct``, ``load_kwh``, ``runtime_s`` (this policy's simulation time).
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +42,8 @@ import numpy.typing as npt
 
 from edgeagent.boards import load_board
 from edgeagent.governor.decision import Decision
+from edgeagent.governor.forecast import Forecast
+from edgeagent.sim.jobstream import JobRunner, job_stream
 from edgeagent.sim.plant import (
     AGENT_W,
     CHEMISTRIES,
@@ -51,6 +57,13 @@ from edgeagent.sim.plant import (
 from edgeagent.sim.pv import DEFAULT_TEMP_AIR_C, DERATE, pv_power_w
 from edgeagent.sim.traces import Trace, TraceError, load_csv, load_site, parse_timestamp
 from edgeagent.state import SiteState
+from edgeagent.workloads.admission import (
+    Budget,
+    Verdict,
+    Work,
+    admit,
+    battery_above_reserve_wh,
+)
 
 Array = npt.NDArray[np.float64]
 POLICIES = ("always-on", "threshold", "governor", "oracle")
@@ -59,6 +72,7 @@ TMY_START = "2023-01-01"  # a typical year has no year; runs on one start here b
 MAX_DAYS = 3650
 DEFAULT_SITE = "greensboro"
 DEFAULT_PANEL_WP = 100.0
+DEFAULT_JOBS_PER_DAY = 4.0
 
 
 class SimulationError(ValueError):
@@ -85,6 +99,7 @@ class SimulateOptions:
     policy: str = "all"
     json: bool = False
     plot: Path | None = None
+    jobs_per_day: float = DEFAULT_JOBS_PER_DAY
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class Scenario:
     panel_wp: float | None  # None when the trace gives PV watts directly
     spec: PlantSpec
     floor_wh: Array  # the reserve floor at the end of each step
+    jobs: tuple[Work, ...] = ()  # the job stream, in arrival order
 
     @property
     def steps(self) -> int:
@@ -130,6 +146,7 @@ def build_scenario(options: SimulateOptions) -> Scenario:
         raise SimulationError(f"--step-min: {options.step_min:g} does not divide a day")
     _check_range("--battery-wh", options.battery_wh, 1.0, 1e6)
     _check_range("--initial-soc", options.initial_soc_pct, 0.0, 100.0)
+    _check_range("--jobs-per-day", options.jobs_per_day, 0.0, 1440.0)
     if options.panel_wp is not None:
         _check_range("--panel-wp", options.panel_wp, 1.0, 1e6)
     if options.days is not None:
@@ -183,8 +200,9 @@ def build_scenario(options: SimulateOptions) -> Scenario:
     if brownouts:
         raise SimulationError("the battery runs empty even with the board asleep all along: "
                               "no policy can keep this site up; give it more panel or battery")
+    jobs = job_stream(start, start + steps * step_s, options.jobs_per_day, board.cores)
     return Scenario(trace.name, latitude, longitude, start, step_s, pv, panel_wp, spec,
-                    reserve_floor_wh(spec, asleep_wh))
+                    reserve_floor_wh(spec, asleep_wh), tuple(jobs))
 
 
 def _check_range(option: str, value: float, low: float, high: float) -> None:
@@ -273,21 +291,47 @@ class Governor:
         self.forecaster = Forecaster(*position(scenario), quantile=self.config.forecast_quantile,
                                      capacity_w=capacity)
         self.memory = GovernorMemory()
+        self.state = SiteState()
+        self.decision: Decision | None = None
+        self.previous: Decision | None = None  # the decision before this step's
+        self.forecast: Forecast | None = None
 
     def __call__(self, step: int, t: float, plant: Plant) -> tuple[float, float, float | None]:
-        state = plant.reading()
+        self.state = state = plant.reading()
         if state.pv_power_w is not None:
             self.forecaster.observe(t, state.pv_power_w)
-        decision = self._governor_step(t, state)
+        self.forecast = self.forecaster.forecast(t)
+        self.previous = self.decision
+        self.decision = decision = self._governor_step(t, state)
         return 1.0, decision.level, decision.sleep_until
 
     def _governor_step(self, t: float, state: SiteState) -> Decision:
         """One call of the governor: the one place that knows ``decide``'s signature."""
         from edgeagent.governor import decide
 
-        decision, self.memory = decide(state, t, self.forecaster.forecast(t), self.board,
+        decision, self.memory = decide(state, t, self.forecast, self.board,
                                        self.battery, self.config, memory=self.memory)
         return decision
+
+    def admission(self, now: float) -> Callable[[Sequence[Work], Work], Verdict]:
+        """The live job desk's admission at ``now`` (``JobDesk.tick``): the forecast made
+        this step, the battery above the reserve of the decision in force before it."""
+        decision, forecast = self.previous, self.forecast
+        reserve = (decision.reserve_pct if decision is not None and decision.reserve_pct
+                   is not None else self.battery.reserve_soc_pct)
+        capacity = self.battery.capacity_wh
+        budget = Budget.for_board(
+            self.board, self.config.max_workers,
+            battery_above_reserve_wh(self.state.battery_soc_pct, reserve, capacity),
+            battery_max_wh=capacity * (100 - reserve) / 100,
+            charge_efficiency=self.config.charge_efficiency,
+            discharge_efficiency=self.config.discharge_efficiency)
+        sun = forecast if forecast is not None else Forecast(now, 600.0, (), ())
+
+        def decide(queued: Sequence[Work], job: Work) -> Verdict:
+            return admit(queued, job, now, sun, budget)
+
+        return decide
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,16 +342,20 @@ class Trajectory:
     energy_wh: Array  # battery energy at the end of each step
     asleep_h: float
     plant: Plant
+    jobs: JobRunner
 
 
 def simulate(scenario: Scenario, controller: Controller) -> Trajectory:
-    """Run ``controller`` over the scenario.
+    """Run ``controller`` over the scenario, and the job stream on its work.
 
     The controller is asked only while the board is up: not while it sleeps until its planned
     wake time, nor while a brownout keeps the load output open (after which it boots afresh).
+    Jobs are taken in only then too (through the governor's admission for the governor).
     """
     plant = Plant(scenario.spec, scenario.step_s)
     n, step_s, t0 = scenario.steps, scenario.step_s, scenario.start
+    jobs = JobRunner(scenario.jobs)
+    cores = scenario.spec.board.cores
     work, energy = np.zeros(n), np.empty(n)
     asleep = 0.0
     wake_at = -math.inf
@@ -319,13 +367,18 @@ def simulate(scenario: Scenario, controller: Controller) -> Trajectory:
                 awake, level, sleep_until = controller(k, t, plant)
                 if sleep_until is not None and sleep_until > t:
                     wake_at, awake = sleep_until, 0.0
+                jobs.expire(t)
+                jobs.take_in(t, controller.admission(t) if isinstance(controller, Governor)
+                             else None)
             asleep += 1.0 - awake
         else:
             wake_at = -math.inf  # the board lost power: it boots when the power comes back
         ran = plant.step(pv, awake, level)
         work[k] = awake * level * ran
         energy[k] = plant.energy_wh
-    return Trajectory(work, energy, asleep * step_s / 3600.0, plant)
+        jobs.run(work[k] * cores * step_s, step_s, t + step_s)
+    jobs.close(t0 + n * step_s)
+    return Trajectory(work, energy, asleep * step_s / 3600.0, plant, jobs)
 
 
 def measure(scenario: Scenario, run: Trajectory) -> dict[str, Any]:
@@ -347,8 +400,9 @@ def measure(scenario: Scenario, run: Trajectory) -> dict[str, Any]:
         "brownouts": plant.brownouts,
         "pv_utilization": (1.0 - plant.curtailed_wh / plant.pv_wh) if plant.pv_wh > 0 else None,
         "curtailed_kwh": plant.curtailed_wh / 1000.0,
-        "deadline_misses": 0,
-        "jobs_done": 0,
+        "deadline_misses": run.jobs.missed,
+        "jobs_done": run.jobs.done,
+        "jobs_rejected": run.jobs.rejected,
         "switches": int(np.count_nonzero(np.abs(np.diff(run.work)) > 1e-3)),
         "asleep_h": run.asleep_h,
         "min_soc_pct": 100.0 * float(end.min()) / spec.battery_wh,
