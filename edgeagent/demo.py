@@ -47,7 +47,7 @@ BOARD = "raspberry-pi-4"
 PANEL_WP = 40.0
 BATTERY_WH = 100.0
 START_SOC_PCT = 50.0
-START = (6, 21)
+START = (6, 21, 5.0)  # June 21st, 05:00 local standard time: the demo opens at dawn
 TELEMETRY_EVERY_SIM_S = 600.0
 TICK_WALL_S = 0.1
 STATUS_EVERY_WALL_S = 2.0
@@ -158,7 +158,7 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
                                         capacity_w=PANEL_WP * DEFAULT_DERATE))
     print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
           f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "
-          f"solar trace TMY3 Greensboro NC from June 21, {options.speed:.0f}x time", file=out)
+          f"solar trace TMY3 Greensboro NC from June 21 05:00, {options.speed:.0f}x time", file=out)
     print("  emulated " + ", ".join(described)
           + (f", broker {options.broker}" if options.broker else ", no broker (outbox only)"),
           file=out)
