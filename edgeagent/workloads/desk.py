@@ -41,10 +41,10 @@ class JobDesk:
         # Without coordinates there is no forecast: admission counts on the battery alone.
         sun = forecast if forecast is not None else Forecast(now, 600.0, (), ())
 
-        def decide(queued: Sequence[Work], job: Work) -> Verdict:
+        def judge(queued: Sequence[Work], job: Work) -> Verdict:
             return admit(queued, job, now, sun, budget)
 
-        self.intake.poll(now, decide)
+        self.intake.poll(now, judge)
 
     def urgent_waiting(self, now: float) -> bool:
         return self.queue.next_runnable({"urgent"}, now) is not None
