@@ -7,6 +7,7 @@ cgroupfs unless an actuator is enabled explicitly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from edgeagent import tomlfile
 from edgeagent.boards import BoardProfile, available_boards, load_board
@@ -342,15 +344,19 @@ def _hint(error: dict[str, Any]) -> str:
     return ""
 
 
-def issues_from(error: ValidationError) -> list[ConfigIssue]:
-    issues = []
+def field_errors(error: ValidationError) -> Iterator[tuple[str, str, ErrorDetails]]:
+    """Each error of ``error`` as (dotted field path, message, pydantic's details)."""
     for e in error.errors():
         path = ".".join(str(p) for p in e["loc"])
         message = e["msg"].removeprefix("Value error, ")
         if not path:  # a cross-field check names its field at the start of its message
             path, _, message = message.partition(": ")
-        issues.append(ConfigIssue(path, message, _hint(dict(e))))
-    return issues
+        yield path, message, e
+
+
+def issues_from(error: ValidationError) -> list[ConfigIssue]:
+    return [ConfigIssue(path, message, _hint(dict(e)))
+            for path, message, e in field_errors(error)]
 
 
 def parse_config(text: str, source: str = "<config>", config_dir: Path | None = None) -> Config:

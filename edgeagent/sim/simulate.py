@@ -57,13 +57,8 @@ from edgeagent.sim.plant import (
 from edgeagent.sim.pv import DEFAULT_TEMP_AIR_C, DERATE, pv_power_w
 from edgeagent.sim.traces import Trace, TraceError, load_csv, load_site, parse_timestamp
 from edgeagent.state import SiteState
-from edgeagent.workloads.admission import (
-    Budget,
-    Verdict,
-    Work,
-    admit,
-    battery_above_reserve_wh,
-)
+from edgeagent.workloads.admission import Verdict, Work
+from edgeagent.workloads.desk import admission
 
 Array = npt.NDArray[np.float64]
 POLICIES = ("always-on", "threshold", "governor", "oracle")
@@ -314,24 +309,10 @@ class Governor:
         return decision
 
     def admission(self, now: float) -> Callable[[Sequence[Work], Work], Verdict]:
-        """The live job desk's admission at ``now`` (``JobDesk.tick``): the forecast made
-        this step, the battery above the reserve of the decision in force before it."""
-        decision, forecast = self.previous, self.forecast
-        reserve = (decision.reserve_pct if decision is not None and decision.reserve_pct
-                   is not None else self.battery.reserve_soc_pct)
-        capacity = self.battery.capacity_wh
-        budget = Budget.for_board(
-            self.board, self.config.max_workers,
-            battery_above_reserve_wh(self.state.battery_soc_pct, reserve, capacity),
-            battery_max_wh=capacity * (100 - reserve) / 100,
-            charge_efficiency=self.config.charge_efficiency,
-            discharge_efficiency=self.config.discharge_efficiency)
-        sun = forecast if forecast is not None else Forecast(now, 600.0, (), ())
-
-        def decide(queued: Sequence[Work], job: Work) -> Verdict:
-            return admit(queued, job, now, sun, budget)
-
-        return decide
+        """The live job desk's admission at ``now``: the forecast made this step, the battery
+        above the reserve of the decision in force before it."""
+        return admission(now, self.state, self.previous, self.forecast, self.board,
+                         self.battery, self.config)
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,7 @@ from edgeagent.governor.forecast import Forecast
 from edgeagent.state import SiteState
 from edgeagent.workloads.admission import Budget, Verdict, Work, admit, battery_above_reserve_wh
 from edgeagent.workloads.inbox import Intake
-from edgeagent.workloads.jobs import JobQueue
+from edgeagent.workloads.jobs import Admit, JobQueue
 
 
 @dataclass
@@ -27,24 +27,32 @@ class JobDesk:
     def tick(self, now: float, state: SiteState, decision: Decision | None,
              forecast: Forecast | None) -> None:
         self.queue.expire(now)
-        if self.intake is None:
-            return
-        reserve = (decision.reserve_pct if decision is not None and decision.reserve_pct
-                   is not None else self.battery.reserve_soc_pct)
-        capacity = self.battery.capacity_wh
-        budget = Budget.for_board(
-            self.board, self.governor.max_workers,
-            battery_above_reserve_wh(state.battery_soc_pct, reserve, capacity),
-            battery_max_wh=capacity * (100 - reserve) / 100,
-            charge_efficiency=self.governor.charge_efficiency,
-            discharge_efficiency=self.governor.discharge_efficiency)
-        # Without coordinates there is no forecast: admission counts on the battery alone.
-        sun = forecast if forecast is not None else Forecast(now, 600.0, (), ())
-
-        def judge(queued: Sequence[Work], job: Work) -> Verdict:
-            return admit(queued, job, now, sun, budget)
-
-        self.intake.poll(now, judge)
+        if self.intake is not None:
+            self.intake.poll(now, admission(now, state, decision, forecast, self.board,
+                                            self.battery, self.governor))
 
     def urgent_waiting(self, now: float) -> bool:
         return self.queue.next_runnable({"urgent"}, now) is not None
+
+
+def admission(now: float, state: SiteState, decision: Decision | None,
+              forecast: Forecast | None, board: BoardProfile, battery: BatteryConfig,
+              governor: GovernorConfig) -> Admit:
+    """Admission at ``now``: the forecast, and the battery above the reserve in force. The
+    live desk and the simulator both judge jobs through this."""
+    reserve = (decision.reserve_pct if decision is not None and decision.reserve_pct
+               is not None else battery.reserve_soc_pct)
+    capacity = battery.capacity_wh
+    budget = Budget.for_board(
+        board, governor.max_workers,
+        battery_above_reserve_wh(state.battery_soc_pct, reserve, capacity),
+        battery_max_wh=capacity * (100 - reserve) / 100,
+        charge_efficiency=governor.charge_efficiency,
+        discharge_efficiency=governor.discharge_efficiency)
+    # Without coordinates there is no forecast: admission counts on the battery alone.
+    sun = forecast if forecast is not None else Forecast(now, 600.0, (), ())
+
+    def judge(queued: Sequence[Work], job: Work) -> Verdict:
+        return admit(queued, job, now, sun, budget)
+
+    return judge

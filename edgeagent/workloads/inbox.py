@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edgeagent.config import field_errors
 from edgeagent.workloads.jobs import Admit, Job, JobQueue, JobSpec
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,7 @@ def write_atomic(path: Path, body: dict[str, Any]) -> None:
 
 def _spec_errors(error: ValidationError) -> list[FieldError]:
     out = []
-    for e in error.errors():
-        path = ".".join(str(p) for p in e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        if not path:  # a cross-field check names its field at the start of its message
-            path, _, message = message.partition(": ")
+    for path, message, e in field_errors(error):
         if e["type"] == "extra_forbidden":
             allowed = (f.alias or name for name, f in JobSpec.model_fields.items())
             message += "; allowed keys: " + ", ".join(allowed)
