@@ -8,15 +8,20 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from conftest import Broker, retained
 from edgeagent.telemetry.address import BrokerAddress
-from edgeagent.telemetry.mqtt import MqttLink, Topics
+from edgeagent.telemetry.mqtt import Inbound, MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
 
 TOPICS = Topics("edgeagent", "s1", "n1")
@@ -99,7 +104,7 @@ def test_the_last_will_says_offline_when_the_agent_is_killed(
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from edgeagent.telemetry.mqtt import MqttLink, Topics
+        from edgeagent.telemetry.mqtt import Inbound, MqttLink, Topics
         from edgeagent.telemetry.outbox import Outbox
         box = Outbox(Path({str(tmp_path / "o.db")!r}))
         link = MqttLink({broker.url!r}, Topics("edgeagent", "s1", "n1"), keepalive_s=1)
@@ -164,3 +169,86 @@ def test_rows_the_broker_refuses_are_kept_counted_and_do_not_hold_up_shutdown(
     link.stop(box, flush_timeout_s=5.0)
     assert time.monotonic() - started < 3.0
     assert box.pending_count() == 5 and link.published == 0  # kept for a later retry
+
+
+def _request(broker: Broker, topic: str, payload: bytes, response_topic: str,
+             correlation: bytes, timeout: float = 10.0) -> tuple[bytes, bytes | None]:
+    """A requester as a fleet tool would be: MQTT v5 request, wait for the correlated reply."""
+    got: list[tuple[bytes, bytes | None]] = []
+    subscribed = threading.Event()
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        got.append((msg.payload, getattr(msg.properties, "CorrelationData", None)))
+        done.set()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_connect = lambda c, *a: c.subscribe(response_topic, qos=1)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        assert subscribed.wait(timeout)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = response_topic
+        props.CorrelationData = correlation
+        client.publish(topic, payload, qos=1, properties=props)
+        assert done.wait(timeout), "no reply"
+        return got[0]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_a_request_reaches_its_handler_and_the_reply_carries_its_correlation_data(
+        broker: Broker, tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    link = MqttLink(broker.url, TOPICS)
+    seen: list[Inbound] = []
+
+    def handle(msg: Inbound) -> None:
+        seen.append(msg)
+        link.reply(msg, b"pong:" + msg.payload)
+
+    link.subscribe(f"{TOPICS.root}/s1/n1/cmd", handle)  # before connecting: kept for it
+    link.start()
+    pump_until(link, box, lambda: link.connected)
+    answers: list[tuple[bytes, bytes | None]] = []
+    requester = threading.Thread(target=lambda: answers.append(_request(
+        broker, "edgeagent/s1/n1/cmd", b"ping", "fleet/replies/1", b"corr-42")))
+    requester.start()
+    pump_until(link, box, lambda: bool(answers))  # the outbox's thread pumps, as in the agent
+    requester.join()
+    reply, corr = answers[0]
+    link.stop(box)
+    assert reply == b"pong:ping" and corr == b"corr-42"
+    assert seen[0].response_topic == "fleet/replies/1"
+
+
+def test_a_handler_that_raises_is_counted_and_the_link_goes_on(
+        broker: Broker, tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    link = MqttLink(broker.url, TOPICS)
+    calls: list[bytes] = []
+
+    def handle(msg: Inbound) -> None:
+        calls.append(msg.payload)
+        if msg.payload == b"bad":
+            raise ValueError("boom")
+
+    link.subscribe("edgeagent/s1/n1/cmd", handle)
+    link.start()
+    pump_until(link, box, lambda: link.connected)
+    time.sleep(0.2)
+    link.pump(box)
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    publisher.publish("edgeagent/s1/n1/cmd", b"bad", qos=1).wait_for_publish(5)
+    publisher.publish("edgeagent/s1/n1/cmd", b"good", qos=1).wait_for_publish(5)
+    publisher.loop_stop()
+    publisher.disconnect()
+    pump_until(link, box, lambda: calls == [b"bad", b"good"])
+    link.stop(box)
+    assert link.handler_errors == 1 and "boom" in (link.last_handler_error or "")
