@@ -58,6 +58,31 @@ class Topics:
     def events(self) -> str:
         return self._node("events")
 
+    @property
+    def cmd(self) -> str:
+        return self._node("cmd")
+
+    @property
+    def config_desired(self) -> str:
+        return self._node("config/desired")
+
+    @property
+    def config_reported(self) -> str:
+        return self._node("config/reported")
+
+    @property
+    def results(self) -> str:
+        """Results of jobs taken from the job topics, each with its job id."""
+        return self._node("results")
+
+    @property
+    def site_jobs(self) -> str:
+        return f"{self.root}/{self.site}/jobs"
+
+    @property
+    def fleet_jobs(self) -> str:
+        return f"{self.root}/fleet/jobs"
+
 
 @dataclass(frozen=True)
 class Inbound:

@@ -18,7 +18,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+Kind = Literal["telemetry", "event", "result", "status"]  # what a row is: drop order, thinning
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -27,7 +29,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL,
-    created_wall REAL NOT NULL
+    created_wall REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'telemetry'
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('next_seq', 0), ('dropped_capacity', 0), ('acked', 0);
@@ -58,6 +61,10 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+            if "kind" not in columns:  # an outbox written by an older version
+                self._db.execute("ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL "
+                                 "DEFAULT 'telemetry'")
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open the outbox {path}: {exc}") from exc
 
@@ -76,7 +83,7 @@ class Outbox:
             seq = self._counter("next_seq")
             db.execute("UPDATE counters SET value = value + 1 WHERE name = 'next_seq'")
             payload = json.dumps({"seq": seq, **body}, separators=(",", ":")).encode()
-            self._insert(topic, payload, qos, retain=False)
+            self._insert(topic, payload, qos, False, "telemetry")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # BEGIN itself may be what failed; keep its error
@@ -84,18 +91,19 @@ class Outbox:
             raise
         return seq
 
-    def enqueue(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def enqueue(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
+                kind: Kind = "event") -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._insert(topic, payload, qos, retain)
+            self._insert(topic, payload, qos, retain, kind)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # BEGIN itself may be what failed; keep its error
                 db.execute("ROLLBACK")
             raise
 
-    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool, kind: Kind) -> None:
         db = self._db
         excess = self.pending_count() + 1 - self.max_rows
         if excess > 0:
@@ -103,8 +111,9 @@ class Outbox:
                        "(SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped_capacity'",
                        (excess,))
-        db.execute("INSERT INTO outbox (topic, payload, qos, retain, created_wall) "
-                   "VALUES (?, ?, ?, ?, ?)", (topic, payload, qos, int(retain), time.time()))
+        db.execute("INSERT INTO outbox (topic, payload, qos, retain, created_wall, kind) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   (topic, payload, qos, int(retain), time.time(), kind))
 
     def pending(self, limit: int, after_id: int = 0) -> list[OutboxRow]:
         rows = self._db.execute(
