@@ -109,6 +109,22 @@ def test_the_rest_of_today_looks_like_today_so_far() -> None:
     assert pv[tomorrow].sum() / clear[tomorrow].sum() == pytest.approx(1.0, abs=0.02)
 
 
+def test_admission_counts_on_a_cautious_quantile_of_past_days() -> None:
+    forecaster = Forecaster(0.0, 0.0, capacity_w=100.0, quantile=0.85, admission_quantile=0.25)
+    sunny(forecaster, EQUINOX, 8, [1.0, 0.2, 0.6, 0.9], capacity_w=100.0)
+    ahead = forecaster.forecast(EQUINOX + 8 * DAY)  # midnight: tomorrow is all days ahead
+    pv, low, clear = (np.array(x) for x in (ahead.pv_w, ahead.cautious_w, ahead.clear_w))
+    lit = clear > 1.0
+    seen = [1.0, 0.2, 0.6, 0.9, 1.0, 0.2, 0.6]  # the seven whole days closed so far
+    assert (pv[lit] / clear[lit]) == pytest.approx(np.quantile(seen, 0.85), abs=0.03)
+    assert (low[lit] / clear[lit]) == pytest.approx(np.quantile(seen, 0.25), abs=0.03)
+    assert ahead.cautious().pv_w == ahead.cautious_w and ahead.cautious().clear_w == ahead.clear_w
+    plain = Forecast(0.0, 600.0, (1.0,), (2.0,))
+    assert plain.cautious() is plain  # a forecast with no cautious series is its own
+    with pytest.raises(ValueError, match="admission_quantile"):
+        Forecaster(0.0, 0.0, admission_quantile=1.0)
+
+
 def test_the_forecast_is_aligned_to_its_slots_and_spans_the_horizon() -> None:
     forecaster = Forecaster(36.1, -79.9, capacity_w=86.0, horizon_h=48, step_s=600)
     ahead = forecaster.forecast(JUNE + 1234.0)

@@ -26,6 +26,7 @@ from edgeagent.actuators.base import (
 from edgeagent.actuators.cgroup import CgroupActuator
 from edgeagent.actuators.cpufreq import CpufreqActuator
 from edgeagent.actuators.nvpmodel import NvpmodelActuator, PowerMode, Runner, run_command
+from edgeagent.actuators.sleep import BeforeHalt, SleepActuator
 from edgeagent.actuators.workers import Pool, WorkerPoolActuator
 from edgeagent.boards import BoardProfile
 from edgeagent.config import ActuatorConfig
@@ -35,7 +36,7 @@ log = logging.getLogger("edgeagent.actuators")
 
 __all__ = ["Actuator", "ActuatorCounts", "ActuatorResult", "ActuatorSet", "CgroupActuator",
            "CpufreqActuator", "KnobActuator", "KnobError", "NvpmodelActuator", "PowerMode",
-           "WorkerPoolActuator", "Write", "build_actuators"]
+           "SleepActuator", "WorkerPoolActuator", "Write", "build_actuators"]
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ActuatorCounts:
 @dataclass
 class ActuatorSet:
     """Every enabled actuator, applied in order (the worker pool first: our own load drops
-    before the machine's knobs move)."""
+    before the machine's knobs move; sleep last: it may halt the board)."""
 
     actuators: Sequence[Actuator]
     dry_run: bool = False
@@ -79,6 +80,17 @@ class ActuatorSet:
         self.last = results
         return results
 
+    @property
+    def halting(self) -> bool:
+        """An actuator has begun halting the board (its before-halt hook ran): the agent's
+        outbox, queue and workers may be closed, and nothing more should touch them."""
+        return any(getattr(a, "halting", False) for a in self.actuators)
+
+    @property
+    def halted(self) -> bool:
+        """The halt command was accepted: the board is going down."""
+        return any(getattr(a, "halted", False) for a in self.actuators)
+
     def telemetry(self) -> dict[str, Any]:
         """Totals per actuator, and whether the last decision is fully in force."""
         return {
@@ -90,11 +102,15 @@ class ActuatorSet:
 
 def build_actuators(config: ActuatorConfig, *, pool: Pool | None = None,
                     board: BoardProfile | None = None, clock: Clock = time.monotonic,
-                    runner: Runner = run_command) -> ActuatorSet:
+                    runner: Runner = run_command, epoch: Clock = time.time,
+                    on_before_halt: BeforeHalt | None = None) -> ActuatorSet:
     """The actuators ``config`` enables, plus the worker pool when one is given.
 
-    ``clock`` times the rate limit: the agent's clock, so an accelerated demo is limited in
-    its own time. ``board`` gives the budgets of nvpmodel modes named without watts.
+    ``clock`` times the rate limit and the sleep's start grace period: the agent's clock, so
+    an accelerated demo is limited in its own time. ``board`` gives the budgets of nvpmodel
+    modes named without watts. ``runner`` runs nvpmodel and the halt command; ``epoch`` is the
+    UTC clock wake times are checked against; ``on_before_halt(wake_epoch)`` stops the agent
+    cleanly once the wake alarm is armed, before the halt command runs.
     """
     common: dict[str, Any] = {"min_interval_s": config.min_interval_s, "clock": clock}
     machine: dict[str, Any] = {**common, "dry_run": config.dry_run}
@@ -114,6 +130,12 @@ def build_actuators(config: ActuatorConfig, *, pool: Pool | None = None,
     if config.cgroup:
         actuators.append(CgroupActuator(config.sysfs_root / "fs" / "cgroup",
                                         config.cgroup_slice, **machine))
+    if config.sleep:  # last: nothing after it runs on a board that is going down
+        actuators.append(SleepActuator(
+            config.sysfs_root, rtc=config.rtc, command=config.sleep_command, runner=runner,
+            on_before_halt=on_before_halt, min_sleep_s=config.sleep_min_s,
+            max_sleep_s=config.sleep_max_s, grace_s=config.sleep_grace_s,
+            dry_run=config.dry_run, clock=clock, epoch=epoch))
     if board is not None:
         for knob in ("cpufreq", "cgroup", "nvpmodel"):
             if getattr(config, knob) and not getattr(board.knobs, knob):

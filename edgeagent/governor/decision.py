@@ -6,6 +6,7 @@ Plain data, shared by the live agent (which applies it through the actuators) an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,3 +38,39 @@ class Decision:
     telemetry_interval_s: float | None = None
     sleep_until: float | None = None  # halt the board until this UTC epoch second
     reserve_pct: float | None = None  # the reserve floor in force (it rises after bad weeks)
+
+
+@dataclass(frozen=True)
+class Due:
+    """Accepted work the plan must place: CPU-seconds left on one worker, and the deadline
+    (UTC epoch seconds) they are due by."""
+
+    deadline: float
+    work_cpu_s: float
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The workers the governor's plan gives each coming slot (one job each): slot 0 runs
+    from ``start`` to ``first_end``, slot i > 0 for ``step_s`` after ``first_end`` +
+    (i - 1) ``step_s`` (UTC epoch seconds). Past the last slot the plan's last whole day
+    repeats, or nothing when it holds less than a day."""
+
+    start: float
+    first_end: float
+    step_s: float
+    workers: tuple[int, ...]
+
+    def slot(self, t: float) -> tuple[int, float]:
+        """The workers planned at ``t`` and the end of their slot."""
+        if t < self.first_end - 1e-9:
+            return self.workers[0], self.first_end
+        i = 1 + math.floor((t - self.first_end) / self.step_s + 1e-9)
+        end = self.first_end + i * self.step_s
+        n = len(self.workers)
+        if i < n:
+            return self.workers[i], end
+        day = round(86400.0 / self.step_s)
+        if n - 1 < day:
+            return 0, end
+        return self.workers[n - day + (i - n) % day], end

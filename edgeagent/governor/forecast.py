@@ -6,7 +6,10 @@ site's own history supplies the rest: its PV capacity (how many watts it makes p
 W/m², learned from the best hours seen, seeded by the panel rating when known), today's
 clearness (PV energy so far over the clear-sky energy so far), and the clearness of past days,
 whose quantile (the pessimism setting) forecasts the days ahead. Days run from local solar
-midnight (from the longitude), so a day's clearness covers its whole daylight. ``Forecaster``
+midnight (from the longitude), so a day's clearness covers its whole daylight. A second,
+cautious series takes a low quantile instead (``admission_quantile``): admission counts on it,
+Cucumber's "conservative" forecast, so the jobs it takes are met on most days that turn out
+darker than the plan hoped (research/energy-aware-scheduling.md §2.1). ``Forecaster``
 is the stateful learner both the live agent and the simulator feed; ``Forecast`` is the plain
 data the pure governor reads.
 """
@@ -26,6 +29,7 @@ LEARN_CLEAR_W_M2 = 300.0  # capacity is learned only from hours with the sun thi
 PRIOR_CLEARNESS = 0.5  # before any full day is seen
 HISTORY_DAYS = 14
 MAX_GAP_S = 1800.0  # observations further apart than this do not integrate into a day's energy
+ADMISSION_QUANTILE = 0.25  # the clearness quantile of the cautious series admission counts on
 SKY_CACHE_S = 3 * DAY_S  # clear-sky sun computed this far beyond the horizon at a time
 
 
@@ -61,14 +65,22 @@ def clear_sky_ghi(times: npt.ArrayLike, latitude: float, longitude: float
 class Forecast:
     """Expected PV power in slots of ``step_s`` from ``start`` (UTC epoch seconds).
 
-    ``pv_w`` is pessimistic (the configured clearness quantile for the days ahead);
-    ``clear_w`` what a clear sky would give the same panel.
+    ``pv_w`` is the expected PV (the configured clearness quantile for the days ahead);
+    ``clear_w`` what a clear sky would give the same panel; ``cautious_w`` what admission counts
+    on (a low quantile; empty: the same as ``pv_w``).
     """
 
     start: float
     step_s: float
     pv_w: tuple[float, ...]
     clear_w: tuple[float, ...]
+    cautious_w: tuple[float, ...] = ()
+
+    def cautious(self) -> Forecast:
+        """This forecast with the cautious PV as its expected PV."""
+        if not self.cautious_w:
+            return self
+        return Forecast(self.start, self.step_s, self.cautious_w, self.clear_w)
 
     def energy_wh(self, until: float) -> float:
         """Forecast PV energy from ``start`` to ``until`` (whole slots)."""
@@ -97,23 +109,26 @@ class Forecaster:
 
     def __init__(self, latitude: float, longitude: float, *, quantile: float = 0.5,
                  capacity_w: float | None = None, horizon_h: float = 48.0,
-                 step_s: float = 600.0) -> None:
+                 step_s: float = 600.0, admission_quantile: float = ADMISSION_QUANTILE) -> None:
         """``capacity_w``: the PV watts at 1000 W/m² clear-sky GHI, as a prior (the panel's
         rating times its derate); learned from the data when omitted or when data show more.
         ``quantile``: the pessimism, the clearness quantile of past days used for days ahead
-        (0.5 = median; lower is more cautious)."""
-        if not 0 < quantile < 1:
-            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        (0.5 = median; lower is more cautious). ``admission_quantile``: the same for the
+        cautious series admission counts on."""
+        for name, q in (("quantile", quantile), ("admission_quantile", admission_quantile)):
+            if not 0 < q < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {q}")
         self.latitude, self.longitude = latitude, longitude
         self._midnight_s = -longitude / 360.0 * DAY_S  # local solar midnight, UTC seconds
         self.quantile = quantile
+        self.admission_quantile = admission_quantile
         self.step_s = step_s
         self.slots = int(horizon_h * 3600 / step_s)
         self._prior_capacity = capacity_w
         self._ratios: deque[float] = deque(maxlen=HISTORY_DAYS * 24 * 6)  # pv W per clear W/m²
         self._capacity: float | None = capacity_w
         self._days: deque[float] = deque(maxlen=HISTORY_DAYS)  # clearness of whole past days
-        self._ahead = PRIOR_CLEARNESS
+        self._ahead = self._ahead_low = PRIOR_CLEARNESS
         self._day: int | None = None
         self._day_pv_wh = 0.0
         self._day_clear_wh = 0.0
@@ -164,7 +179,9 @@ class Forecaster:
         clearness = self.clearness_today()
         if clearness is not None and self._day_clear_wh > 1000:  # a day with real daylight
             self._days.append(min(clearness, 1.5))
-            self._ahead = float(np.quantile(list(self._days), self.quantile))
+            days = list(self._days)
+            self._ahead = float(np.quantile(days, self.quantile))
+            self._ahead_low = float(np.quantile(days, self.admission_quantile))
         self._day_pv_wh = self._day_clear_wh = 0.0
 
     def _clear_sky(self, first: int) -> npt.NDArray[np.float64]:
@@ -184,10 +201,12 @@ class Forecaster:
         clear = self._clear_sky(first) * (capacity / 1000.0)
         same_day = int((t - self._midnight_s) // DAY_S) == self._day
         today = self.clearness_today() if same_day else None  # not a day seen long ago
-        pv = clear * self._ahead
+        pv, low = clear * self._ahead, clear * self._ahead_low
         if today is not None:
             # The rest of today looks like today so far, weighted by how much of it was seen.
             seen = min(self._day_clear_wh / 6000.0, 1.0)  # ~6 kWh/m² is a full clear day
             rest = int((DAY_S - (t - self._midnight_s) % DAY_S) // self.step_s) + 1
             pv[:rest] = clear[:rest] * (seen * min(today, 1.2) + (1 - seen) * self._ahead)
-        return Forecast(start, self.step_s, tuple(pv.tolist()), tuple(clear.tolist()))
+            low[:rest] = clear[:rest] * (seen * min(today, 1.2) + (1 - seen) * self._ahead_low)
+        return Forecast(start, self.step_s, tuple(pv.tolist()), tuple(clear.tolist()),
+                        tuple(low.tolist()))

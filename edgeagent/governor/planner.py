@@ -10,6 +10,11 @@ the battery that is vectorized over candidate plans. Only the stretch until the 
 full counts: past that point nothing done before matters, which is what lets the plan spend
 tonight what tomorrow's sun would otherwise curtail.
 
+Accepted work with deadlines comes first: ``must_work`` marks the slots the queue needs before
+its deadlines (the brightest of the slots before each deadline, the earliest among equally dark
+ones), and the plan ranks those slots ahead of all others, so it works them whenever the floor
+allows, even on the battery tonight rather than on tomorrow's sun.
+
 Slots that are not worked are slept through (power ``sleep_w``), or, when the sun gives nearly
 a full load's power, run at the level the sun alone pays for: there, direct use beats storing
 the energy for later (the battery's round trip costs more than the board's idle overhead).
@@ -75,14 +80,17 @@ def storm_floor(reserve_wh: float, storm_pv_w: Array, hours: Array, board: Board
 class Plan:
     """The chosen plan, slot by slot; slot 0 is what remains of the current one.
 
-    ``work``: at full load; ``level``: the work level of every slot (1 where worked, the sun's
-    level where tracked, 0 asleep or idle); ``awake``: not asleep. ``slots``: how many slots
-    are worked; ``safe``: whether even working none keeps the floor; ``resting_energy_wh``:
-    the battery's energy at the end of each slot if the board does no work at all (asleep
-    when it may sleep, idle otherwise).
+    ``work``: at full load; ``must``: the slots accepted work needs by its deadlines (worked
+    first, the brightest of them first, as far as the floor allows; those it refuses come
+    after every other slot); ``level``: the work level of every slot (1 where worked, the
+    sun's level where tracked, 0 asleep or idle); ``awake``: not asleep. ``slots``: how many
+    slots are worked; ``safe``: whether even working none keeps the floor;
+    ``resting_energy_wh``: the battery's energy at the end of each slot if the board does no
+    work at all (asleep when it may sleep, idle otherwise).
     """
 
     work: npt.NDArray[np.bool_]
+    must: npt.NDArray[np.bool_]
     level: Array
     awake: npt.NDArray[np.bool_]
     slots: int
@@ -93,6 +101,65 @@ class Plan:
     def spare(self) -> bool:
         """Every slot of the horizon is affordable: energy to spare."""
         return self.slots == len(self.work)
+
+    @property
+    def meets_deadlines(self) -> bool:
+        """Every slot the accepted work needs is worked."""
+        return bool(np.all(self.work[self.must]))
+
+
+def rank_slots(rank_pv_w: Array, must: npt.NDArray[np.bool_] | None = None
+               ) -> npt.NDArray[np.int64]:
+    """Each slot's place in the plan's order: ``must`` slots first, then the brightest, the
+    earliest among equals."""
+    n = len(rank_pv_w)
+    first = np.zeros(n, dtype=np.bool_) if must is None else must
+    return _ranks(np.lexsort((np.arange(n), -rank_pv_w, ~first)))
+
+
+def _ranks(order: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each slot's place in ``order``."""
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def must_work(rank_pv_w: Array, hours: Array, due: list[tuple[float, float]], workers: int
+              ) -> npt.NDArray[np.bool_]:
+    """The slots the plan must work so that queued jobs meet their deadlines.
+
+    ``due``: (hours from now to the deadline, hours of work left) per job; a job runs on one
+    worker, ``workers`` at once. By each deadline the worked hours must cover the longest job
+    due by then and the work of all of them spread over the workers. For each deadline in turn
+    the best-ranked slots before it (``rank_slots``; a slot the deadline cuts counts for its
+    part) are added until they do; a job that cannot make it gets every slot before its
+    deadline (finishing as early as it can).
+    """
+    n = len(hours)
+    must = np.zeros(n, dtype=np.bool_)
+    if not due or workers <= 0:
+        return must
+    # In the plan's order (``rank_slots`` without ``must``): the slots taken are a prefix of
+    # the free ones there, so each deadline needs one cumulative sum and no sort.
+    order = np.lexsort((np.arange(n), -rank_pv_w))
+    ends = np.cumsum(hours)[order]
+    starts = ends - hours[order]
+    taken = np.zeros(n, dtype=np.bool_)
+    longest = total = 0.0
+    for deadline_h, work_h in sorted(due):
+        longest, total = max(longest, work_h), total + work_h
+        if deadline_h <= 0:
+            continue
+        need = max(longest, total / workers)
+        usable = np.maximum(np.minimum(ends, deadline_h) - starts, 0.0)
+        free = np.where(taken, 0.0, usable)
+        short = need - (float(usable.sum()) - float(free.sum()))
+        if short <= 1e-9:
+            continue
+        last = int(np.searchsorted(np.cumsum(free), short - 1e-9)) + 1  # n + 1: all of them
+        taken[:last] |= free[:last] > 0
+    must[order] = taken
+    return must
 
 
 def tracking_threshold(board: Board, round_trip: float) -> float:
@@ -125,17 +192,19 @@ def _headroom(candidates: npt.NDArray[np.int64], rank: npt.NDArray[np.int64], pv
 
 
 def plan(pv_w: Array, hours: Array, floor_wh: Array, board: Board, battery: Battery, *,
-         can_sleep: bool, rank_pv_w: Array | None = None) -> Plan:
+         can_sleep: bool, rank_pv_w: Array | None = None,
+         must: npt.NDArray[np.bool_] | None = None) -> Plan:
     """The plan that works the most slots while the battery keeps its floor.
 
     ``pv_w``: expected PV power per slot, ``hours``: each slot's length, ``floor_wh``: the
     least energy at the end of each. ``rank_pv_w`` orders the slots when it should differ
-    from ``pv_w`` (hysteresis on the current slot).
+    from ``pv_w`` (hysteresis on the current slot); ``must`` (``must_work``) go first, and
+    those of them the floor refuses last.
     """
     n = len(pv_w)
-    order = np.lexsort((np.arange(n), -(pv_w if rank_pv_w is None else rank_pv_w)))
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    must = np.zeros(n, dtype=np.bool_) if must is None else must
+    rank_pv = pv_w if rank_pv_w is None else rank_pv_w
+    rank = rank_slots(rank_pv, must)
     round_trip = battery.charge_eff * battery.discharge_eff
     if can_sleep:
         track = pv_w >= tracking_threshold(board, round_trip)
@@ -143,25 +212,39 @@ def plan(pv_w: Array, hours: Array, floor_wh: Array, board: Board, battery: Batt
     else:  # awake anyway: the sun's surplus over idle is work for free
         track = np.ones(n, dtype=np.bool_)
         rest_w = np.clip(pv_w, board.idle_w, board.full_w)
-    args = (rank, pv_w, hours, rest_w, floor_wh, board, battery)
-    stage = np.unique(np.linspace(0, n, COARSE).round().astype(np.int64))
-    ok = _headroom(stage, *args) >= 0
-    if ok[-1]:
-        slots = n
-    elif not ok[0]:
-        slots = 0
-    else:
-        j = int(np.flatnonzero(ok)[-1])
-        fine = np.arange(stage[j], stage[j + 1], dtype=np.int64)
-        fine_ok = _headroom(fine, *args) >= 0
-        slots = int(fine[np.flatnonzero(fine_ok)[-1]])
+    slots, safe = _most_slots(rank, pv_w, hours, rest_w, floor_wh, board, battery)
+    if slots < int(must.sum()):
+        # Not every slot the due work needs is affordable: keep those that are, and let the
+        # rest go last, so that the slots after them in the order (tomorrow's sun, which the
+        # floor may well allow) are still planned.
+        group = np.where(must, np.where(rank < slots, 0, 2), 1)
+        rank = _ranks(np.lexsort((np.arange(n), -rank_pv, group)))
+        slots = _most_slots(rank, pv_w, hours, rest_w, floor_wh, board, battery)[0]
     work = rank < slots
     level = np.where(work, 1.0, np.where(track, board.level_for(rest_w), 0.0))
     awake = work | track
     resting_w = board.sleep_w if can_sleep else board.idle_w
     resting = _clamped(battery.energy_wh, battery.flow_wh(pv_w - resting_w, hours),
                        battery.capacity_wh)
-    return Plan(work, level, awake, slots, bool(ok[0]), resting)
+    return Plan(work, must, level, awake, slots, safe, resting)
+
+
+def _most_slots(rank: npt.NDArray[np.int64], pv_w: Array, hours: Array, rest_w: Array,
+                floor_wh: Array, board: Board, battery: Battery) -> tuple[int, bool]:
+    """How many slots, first in ``rank``'s order, the floor allows (bisection), and whether
+    it allows none worked at all."""
+    args = (rank, pv_w, hours, rest_w, floor_wh, board, battery)
+    n = len(pv_w)
+    stage = np.unique(np.linspace(0, n, COARSE).round().astype(np.int64))
+    ok = _headroom(stage, *args) >= 0
+    if ok[-1]:
+        return n, bool(ok[0])
+    if not ok[0]:
+        return 0, False
+    j = int(np.flatnonzero(ok)[-1])
+    fine = np.arange(stage[j], stage[j + 1], dtype=np.int64)
+    fine_ok = _headroom(fine, *args) >= 0
+    return int(fine[np.flatnonzero(fine_ok)[-1]]), True
 
 
 def _clamped(start_wh: float, flow_wh: Array, capacity_wh: float) -> Array:

@@ -12,11 +12,14 @@ the caller hands back each time. Each tick:
 3. At or below the reserve in force the governor holds: no work until the battery is back
    above the reserve plus the resume margin (sleeping meanwhile when it may).
 4. Otherwise the planner (``planner.py``) picks the slots of the horizon that the battery and
-   the forecast sun pay for; the current slot runs as planned: full speed, the sun's own level,
-   or asleep until the next planned slot.
+   the forecast sun pay for, first those the accepted jobs need by their deadlines (``due``);
+   the current slot runs as planned: full speed, the sun's own level, or asleep until the next
+   planned slot. ``planned_capacity`` gives admission the workers of that same plan.
 5. Dwell: a level holds ``min_dwell_s`` before the plan may change it, unless keeping it would
-   take the battery below the floor first; with the hysteresis on the current slot's rank this
-   bounds flapping.
+   take the battery below the floor first, or a slot the due work needs calls for more; with
+   the hysteresis on the current slot's rank this bounds flapping. Under-voltage now (a
+   Raspberry Pi's firmware flag) sheds one worker a tick below what runs, whatever the plan,
+   and the dwell keeps the load down a while.
 6. Every knob follows from the level: workers, admission, model, ``cpu.max``/freeze, cpufreq
    cap, Jetson power mode, telemetry rate.
 """
@@ -24,6 +27,7 @@ the caller hands back each time. Each tick:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,7 +35,7 @@ import numpy as np
 from edgeagent.boards import BoardProfile
 from edgeagent.config import BatteryConfig, GovernorConfig, WorkloadConfig
 from edgeagent.governor import planner
-from edgeagent.governor.decision import Decision, JobClass
+from edgeagent.governor.decision import Capacity, Decision, Due, JobClass
 from edgeagent.governor.forecast import Forecast
 from edgeagent.state import SiteState
 
@@ -106,11 +110,13 @@ def battery_life(memory: GovernorMemory, soc_pct: float, now: float,
 def decide(state: SiteState, now: float, forecast: Forecast | None, board: BoardProfile,
            battery: BatteryConfig, governor: GovernorConfig,
            workload: WorkloadConfig = DEFAULT_WORKLOAD, memory: GovernorMemory | None = None,
-           *, urgent_waiting: bool = False) -> tuple[Decision, GovernorMemory]:
+           *, urgent_waiting: bool = False, due: Sequence[Due] = ()
+           ) -> tuple[Decision, GovernorMemory]:
     """What the site does from ``now`` (UTC epoch seconds) until the next tick, and the memory
     to pass to the next call. ``forecast`` is None when the site has no coordinates: the plan
     then expects no more sun than it sees now and never sleeps (it could not plan a wake-up).
-    ``urgent_waiting``: urgent jobs are queued, so the board stays up for them."""
+    ``urgent_waiting``: urgent jobs are queued, so the board stays up for them. ``due``: the
+    accepted deferrable work left and its deadlines, which the plan serves first."""
     memory = memory if memory is not None else GovernorMemory()
     previous = memory.previous
     if state.stale or state.battery_soc_pct is None:
@@ -128,23 +134,61 @@ def decide(state: SiteState, now: float, forecast: Forecast | None, board: Board
     resume = reserve + battery.resume_margin_pct
     holding = soc <= reserve or (was_holding and soc < resume)
     decision = _planned(state, soc, now, forecast, board, battery, governor, workload, memory,
-                        reserve=reserve, holding=holding, urgent_waiting=urgent_waiting)
+                        reserve=reserve, holding=holding, urgent_waiting=urgent_waiting,
+                        due=due)
+    if state.under_voltage:
+        decision = _shed(decision, previous, board, governor)
     return decision, _remember(memory, decision, now)
 
 
-def _planned(state: SiteState, soc: float, now: float, forecast: Forecast | None,
-             board: BoardProfile, battery: BatteryConfig, governor: GovernorConfig,
-             workload: WorkloadConfig, memory: GovernorMemory, *, reserve: float,
-             holding: bool, urgent_waiting: bool) -> Decision:
-    previous = memory.previous
-    power = bus_board(board, governor)
+def _shed(decision: Decision, previous: Decision | None, board: BoardProfile,
+          governor: GovernorConfig) -> Decision:
+    """The board's supply sags under its load now: one worker less than runs now, whatever
+    the plan (the dwell then keeps the lower level a while, so the load does not come back at
+    once and sag the supply again)."""
+    running = _on_worker_grid(decision.level if previous is None else previous.level,
+                              governor.max_workers)
+    level = max(running - 1.0 / max(governor.max_workers, 1), 0.0)
+    if decision.level <= level:
+        return decision
+    admit = decision.admit if level > 0 else decision.admit & URGENT
+    return _knobs(level, board, governor,
+                  f"under-voltage: shedding to level {level:.2f} ({decision.reason})",
+                  model=decision.model, admit=admit, holding=decision.holding_reserve,
+                  reserve_pct=decision.reserve_pct if decision.reserve_pct is not None else 0.0,
+                  lean=decision.telemetry_interval_s is not None,
+                  sleep_until=decision.sleep_until)
+
+
+@dataclass(frozen=True, eq=False)
+class _Outlook:
+    """The plan over the coming slots and what it was made from."""
+
+    plan: planner.Plan
+    pv: planner.Array  # forecast PV per slot (the current one as seen now)
+    hours: planner.Array
+    step_s: float
+    floors: planner.Array  # the least energy at the end of each slot
+    power: planner.Board
+    energy_wh: float
+    pv_now: float
+    full: bool
+    daylight: bool
+    can_sleep: bool
+
+
+def _outlook(state: SiteState, soc: float, now: float, forecast: Forecast | None,
+            battery: BatteryConfig, governor: GovernorConfig, power: planner.Board, *,
+            reserve: float, previous: Decision | None, can_sleep: bool,
+            due: Sequence[Due]) -> _Outlook:
+    """The plan from ``now``: the most slots the battery and the forecast sun pay for, the
+    slots the ``due`` work needs by its deadlines first."""
     pv_now = max(state.pv_power_w or 0.0, 0.0)
     full = soc >= governor.full_soc_pct
     pv, clear, hours, step_s = _slots(forecast, now, governor.horizon_h)
     # A full battery makes the charger curtail: what it reports is a floor, not the sun.
     pv[0] = max(pv_now, pv[0]) if full else pv_now
     daylight = bool(clear[0] > 0 or pv_now > 0)
-    can_sleep = governor.allow_sleep and forecast is not None and not urgent_waiting
     capacity = battery.capacity_wh
     floor_wh = capacity * min(reserve + governor.margin_pct, 100.0) / 100.0
     energy = capacity * soc / 100.0
@@ -154,7 +198,51 @@ def _planned(state: SiteState, soc: float, now: float, forecast: Forecast | None
     working = previous is not None and previous.level > 0 and previous.sleep_until is None
     rank_pv = pv.copy()
     rank_pv[0] *= 1 + HYSTERESIS if working else 1 - HYSTERESIS
-    plan = planner.plan(pv, hours, floors, power, bank, can_sleep=can_sleep, rank_pv_w=rank_pv)
+    jobs = [((d.deadline - now) / 3600.0, d.work_cpu_s / 3600.0) for d in due]
+    must = planner.must_work(rank_pv, hours, jobs, governor.max_workers)
+    plan = planner.plan(pv, hours, floors, power, bank, can_sleep=can_sleep, rank_pv_w=rank_pv,
+                        must=must)
+    return _Outlook(plan, pv, hours, step_s, floors, power, energy, pv_now, full, daylight,
+                   can_sleep)
+
+
+def planned_capacity(state: SiteState, now: float, forecast: Forecast | None,
+                     board: BoardProfile, battery: BatteryConfig, governor: GovernorConfig, *,
+                     previous: Decision | None, due: Sequence[Due]) -> Capacity:
+    """The workers the governor plans for each coming slot if ``due`` is the accepted work:
+    what admission counts on (Cucumber's usable capacity), from the same plan ``decide``
+    makes. ``previous``: the decision in force (its reserve, whether it holds the reserve).
+    Nothing while the power data are stale or missing, or while the reserve is held."""
+    reserve = (previous.reserve_pct if previous is not None and previous.reserve_pct
+               is not None else battery.reserve_soc_pct)
+    soc = state.battery_soc_pct
+    if state.stale or soc is None or governor.max_workers <= 0:
+        return Capacity(now, now + 3600.0, 3600.0, (0,))
+    can_sleep = governor.allow_sleep and forecast is not None
+    seen = _outlook(state, soc, now, forecast, battery, governor, bus_board(board, governor),
+                   reserve=reserve, previous=previous, can_sleep=can_sleep, due=due)
+    plan = seen.plan
+    levels = np.where(plan.awake, plan.level, 0.0)
+    workers = np.floor(levels * governor.max_workers + 1e-9).astype(np.int64)
+    was_holding = previous is not None and previous.holding_reserve
+    if soc <= reserve or (was_holding and soc < reserve + battery.resume_margin_pct):
+        workers[0] = 0
+    first_end = now + float(seen.hours[0]) * 3600.0
+    return Capacity(now, first_end, seen.step_s, tuple(int(w) for w in workers))
+
+
+def _planned(state: SiteState, soc: float, now: float, forecast: Forecast | None,
+             board: BoardProfile, battery: BatteryConfig, governor: GovernorConfig,
+             workload: WorkloadConfig, memory: GovernorMemory, *, reserve: float,
+             holding: bool, urgent_waiting: bool, due: Sequence[Due]) -> Decision:
+    previous = memory.previous
+    can_sleep = governor.allow_sleep and forecast is not None and not urgent_waiting
+    seen = _outlook(state, soc, now, forecast, battery, governor, bus_board(board, governor),
+                   reserve=reserve, previous=previous, can_sleep=can_sleep, due=due)
+    plan, pv, hours, step_s = seen.plan, seen.pv, seen.hours, seen.step_s
+    power, pv_now, energy, full, daylight = (seen.power, seen.pv_now, seen.energy_wh,
+                                             seen.full, seen.daylight)
+    floors, capacity = seen.floors, battery.capacity_wh
     idle_model = _idle_model(previous, workload)
     if holding:
         why = (f"holding the reserve: battery {soc:.0f}%, reserve {reserve:.0f}%, resuming at "
@@ -172,8 +260,12 @@ def _planned(state: SiteState, soc: float, now: float, forecast: Forecast | None
     if full and daylight and plan.safe:
         level, why = 1.0, f"battery full ({soc:.0f}%) in daylight: flat out"
     elif plan.work[0]:
-        level, why = 1.0, (f"planned: {plan.slots} of {len(pv)} slots affordable, "
-                           f"battery {soc:.0f}%, PV {pv_now:.1f} W")
+        needed, met = int(plan.must.sum()), int((plan.must & plan.work).sum())
+        for_jobs = (f" ({needed} needed by job deadlines)" if met == needed else
+                    f" ({met} of the {needed} needed by job deadlines)")
+        level, why = 1.0, (f"planned: {plan.slots} of {len(pv)} slots affordable"
+                           + (for_jobs if needed else "")
+                           + f", battery {soc:.0f}%, PV {pv_now:.1f} W")
     else:
         level = float(plan.level[0]) if plan.awake[0] else 0.0
         why = (f"running on the sun alone: PV {pv_now:.1f} W" if level > 0 else
@@ -182,8 +274,11 @@ def _planned(state: SiteState, soc: float, now: float, forecast: Forecast | None
     level = _on_worker_grid(level, governor.max_workers)
     if urgent_waiting and level == 0 and governor.max_workers > 0:
         level, why = 1.0 / governor.max_workers, why + "; one worker for urgent jobs"
-    level, held = _dwell(level, previous, memory, now, governor, power, pv_now, energy,
-                         float(floors[0]))
+    if plan.work[0] and plan.must[0] and (previous is None or level > previous.level):
+        held = False  # accepted work needs this slot (admission counted on it): no waiting
+    else:
+        level, held = _dwell(level, previous, memory, now, governor, power, pv_now, energy,
+                             float(floors[0]))
     if held:
         why = f"dwell: keeping level {level:.2f} ({why})"
     sleep_until = None

@@ -7,7 +7,8 @@ half and one and a half times the mean each). Only jobs whose deadline falls ins
 made, so every job ends up done, missed or rejected.
 
 ``JobRunner`` is the live queue's arithmetic without its disk: jobs arrive (through admission
-when the policy has one: the governor's is the live agent's ``admit``), queued jobs whose
+when the policy has one: the governor's is the live agent's ``admit``, which sees each queued
+job's work left, as does the governor's plan through ``pending``), queued jobs whose
 deadline has passed expire, and each step's CPU-seconds (work level x cores x step seconds)
 run the queue in the live queue's order (``admission.plan_order``: running jobs first, then
 by class, then earliest deadline), one core at most per job. A job that finishes by its
@@ -75,6 +76,10 @@ class JobRunner:
                 keep.append(w)
         self.queue = keep
 
+    def pending(self) -> list[Work]:
+        """The queued and running jobs with the work each has left."""
+        return [dataclasses.replace(w, work_cpu_s=self.left[w.id]) for w in self.queue]
+
     def take_in(self, now: float, admit: Admit | None) -> None:
         """The jobs that arrived by ``now``, through ``admit`` when there is one (once each),
         else all accepted."""
@@ -84,7 +89,7 @@ class JobRunner:
             if job.deadline is not None and job.deadline <= now:
                 self.missed += 1  # the board was down until its deadline: not admission's no
                 continue
-            if admit is not None and not admit(self.queue, job).accepted:
+            if admit is not None and not admit(self.pending(), job).accepted:
                 self.rejected += 1
                 continue
             self.queue.append(job)

@@ -19,8 +19,9 @@ Metrics, per policy (JSON keys):
 * ``jobs_done``, ``deadline_misses``, ``jobs_rejected``: a seeded synthetic stream of
   deferrable jobs (``--jobs-per-day``, see ``jobstream.py``) run on each step's work
   (level x cores x step seconds) in the live queue's order: done by the deadline, done after it
-  or expired, refused at arrival. The governor admits jobs with the live agent's ``admit``
-  (its forecast, the battery above its reserve); the baselines and the oracle accept every job
+  or expired, refused at arrival. The governor takes jobs in as the live agent's desk does,
+  before it decides (``admit`` on the capacity its plan gives the queue), and its plan serves
+  the accepted work by its deadlines; the baselines and the oracle accept every job
   (the oracle's ``work_cpu_h`` stays the LP bound; its jobs run on its work schedule);
 * ``switches``: changes of the work level between steps (sleep counts as level 0);
 * ``asleep_h``, ``min_soc_pct``, ``load_kwh``, ``runtime_s`` (this policy's simulation time).
@@ -57,7 +58,7 @@ from edgeagent.sim.plant import (
 from edgeagent.sim.pv import DEFAULT_TEMP_AIR_C, DERATE, pv_power_w
 from edgeagent.sim.traces import Trace, TraceError, load_csv, load_site, parse_timestamp
 from edgeagent.state import SiteState
-from edgeagent.workloads.admission import Verdict, Work
+from edgeagent.workloads.admission import Verdict, Work, due
 from edgeagent.workloads.desk import admission
 
 Array = npt.NDArray[np.float64]
@@ -263,9 +264,10 @@ class Threshold:
 
 
 class Governor:
-    """The live agent's governor on the simulated site: the same ``decide`` and forecaster,
-    configured as the site's operator would (its power chain as the plant has it, sleep
-    allowed: the wake timer is part of the plant)."""
+    """The live agent's governor on the simulated site: the same ``decide``, forecaster and job
+    admission, configured as the site's operator would (its power chain as the plant has it,
+    sleep allowed: the wake timer is part of the plant). Each call is one tick of the live
+    agent: read the plant, teach the forecaster, take the jobs in, decide."""
 
     def __init__(self, scenario: Scenario) -> None:
         from edgeagent.config import BatteryConfig, GovernorConfig
@@ -284,19 +286,23 @@ class Governor:
             agent_w=AGENT_W)
         capacity = None if scenario.panel_wp is None else scenario.panel_wp * DERATE
         self.forecaster = Forecaster(*position(scenario), quantile=self.config.forecast_quantile,
-                                     capacity_w=capacity)
+                                     capacity_w=capacity,
+                                     admission_quantile=self.config.admission_quantile)
         self.memory = GovernorMemory()
         self.state = SiteState()
         self.decision: Decision | None = None
-        self.previous: Decision | None = None  # the decision before this step's
         self.forecast: Forecast | None = None
+        self.jobs = JobRunner(())  # the run's queue (``simulate`` hands it over)
 
     def __call__(self, step: int, t: float, plant: Plant) -> tuple[float, float, float | None]:
         self.state = state = plant.reading()
         if state.pv_power_w is not None:
-            self.forecaster.observe(t, state.pv_power_w)
+            # In float the charger holds the panel back, as the live agent knows.
+            self.forecaster.observe(t, state.pv_power_w,
+                                    curtailed=state.charger_state == "float")
         self.forecast = self.forecaster.forecast(t)
-        self.previous = self.decision
+        self.jobs.expire(t)
+        self.jobs.take_in(t, self.admission(t))
         self.decision = decision = self._governor_step(t, state)
         return 1.0, decision.level, decision.sleep_until
 
@@ -305,13 +311,14 @@ class Governor:
         from edgeagent.governor import decide
 
         decision, self.memory = decide(state, t, self.forecast, self.board,
-                                       self.battery, self.config, memory=self.memory)
+                                       self.battery, self.config, memory=self.memory,
+                                       due=due(self.jobs.pending()))
         return decision
 
     def admission(self, now: float) -> Callable[[Sequence[Work], Work], Verdict]:
-        """The live job desk's admission at ``now``: the forecast made this step, the battery
-        above the reserve of the decision in force before it."""
-        return admission(now, self.state, self.previous, self.forecast, self.board,
+        """The live job desk's admission at ``now``: the forecast made this step, the decision
+        in force (the one before this step's)."""
+        return admission(now, self.state, self.decision, self.forecast, self.board,
                          self.battery, self.config)
 
 
@@ -331,11 +338,15 @@ def simulate(scenario: Scenario, controller: Controller) -> Trajectory:
 
     The controller is asked only while the board is up: not while it sleeps until its planned
     wake time, nor while a brownout keeps the load output open (after which it boots afresh).
-    Jobs are taken in only then too (through the governor's admission for the governor).
+    Jobs are taken in only then too (by the governor itself, through its admission, before it
+    decides; all of them for the others).
     """
     plant = Plant(scenario.spec, scenario.step_s)
     n, step_s, t0 = scenario.steps, scenario.step_s, scenario.start
     jobs = JobRunner(scenario.jobs)
+    governed = isinstance(controller, Governor)
+    if isinstance(controller, Governor):
+        controller.jobs = jobs
     cores = scenario.spec.board.cores
     work, energy = np.zeros(n), np.empty(n)
     asleep = 0.0
@@ -348,9 +359,9 @@ def simulate(scenario: Scenario, controller: Controller) -> Trajectory:
                 awake, level, sleep_until = controller(k, t, plant)
                 if sleep_until is not None and sleep_until > t:
                     wake_at, awake = sleep_until, 0.0
-                jobs.expire(t)
-                jobs.take_in(t, controller.admission(t) if isinstance(controller, Governor)
-                             else None)
+                if not governed:
+                    jobs.expire(t)
+                    jobs.take_in(t, None)
             asleep += 1.0 - awake
         else:
             wake_at = -math.inf  # the board lost power: it boots when the power comes back

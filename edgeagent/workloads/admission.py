@@ -1,17 +1,20 @@
 """Admission control for deferrable jobs, after Cucumber (research/energy-aware-scheduling.md §2.1).
 
-A deferrable job is accepted only if the queue, run earliest-deadline-first on the energy the
-site expects, lets every job meet its deadline: accepting it and missing later would be worse
-than telling the submitter "no" now. The energy is the forecast PV surplus above the board's
-idle draw plus the battery above its reserve, which is a store (research §8): work drains it,
-the idle board drains it when the sun does not cover it, unused surplus refills it up to full.
+A deferrable job is accepted only if the queue, run earliest-deadline-first on the capacity
+the governor plans for it, lets every job meet its deadline: accepting it and missing later
+would be worse than telling the submitter "no" now. The capacity is Cucumber's "usable
+capacity": the workers the governor's own plan (``governor.policy.planned_capacity``, the same
+pure code as ``decide``) gives each coming slot when the queue with the newcomer is the
+accepted work. That plan works first the slots the jobs need by their deadlines, as far as the
+battery above its floor and the forecast sun pay for them; it sleeps or throttles the rest. So
+admission counts on exactly the work the governor will do, not on every worker running
+whenever the battery is above its reserve.
 Urgent jobs are always accepted (they run first, whenever the governor admits them, and their
 work is counted against later jobs); best-effort jobs are accepted and not planned at all:
 they run on surplus only and may wait until their TTL runs out.
 
-Cost unit: ``work_cpu_s``, CPU-seconds on one core of the board. Its energy is
-``work_cpu_s * watts_per_core`` joules on top of the idle board, the same accounting as
-``workloads.energy``; one job runs on one worker, so it uses at most one core at a time.
+Cost unit: ``work_cpu_s``, CPU-seconds on one core of the board; one job runs on one worker,
+so it uses at most one core at a time.
 
 Pure functions of their inputs: no clock (``now`` is given), no I/O, deterministic.
 """
@@ -19,16 +22,14 @@ Pure functions of their inputs: no clock (``now`` is given), no I/O, determinist
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from edgeagent.boards import BoardProfile
-from edgeagent.governor.decision import JobClass
+from edgeagent.governor.decision import Capacity, Due, JobClass
 from edgeagent.governor.forecast import DAY_S, Forecast
 
 EPS = 1e-9
-DEFAULT_EFFICIENCY = 0.95  # each way, as GovernorConfig assumes (LiFePO4; research §4.2)
 
 
 @dataclass(frozen=True)
@@ -44,24 +45,17 @@ class Work:
 
 
 @dataclass(frozen=True)
-class Budget:
-    """What pays for the work: the board's power model and the battery above its reserve."""
+class Outlook:
+    """What admission counts on at ``now``: ``plan`` gives the capacity the governor plans when
+    the given jobs are the accepted work; the rest names the resources behind it in a
+    rejection's reason (the forecast sun, the battery above its reserve, the board's draw)."""
 
+    plan: Callable[[Sequence[Work]], Capacity]
+    forecast: Forecast
     battery_wh: float  # stored energy above the reserve now
     idle_w: float
     watts_per_core: float
-    workers: int  # jobs that can run at once, one core each
-    battery_max_wh: float | None = None  # above-reserve energy when full; None: no recharge
-    charge_efficiency: float = DEFAULT_EFFICIENCY
-    discharge_efficiency: float = DEFAULT_EFFICIENCY
-
-    @classmethod
-    def for_board(cls, board: BoardProfile, workers: int, battery_wh: float,
-                  battery_max_wh: float | None = None, *,
-                  charge_efficiency: float = DEFAULT_EFFICIENCY,
-                  discharge_efficiency: float = DEFAULT_EFFICIENCY) -> Budget:
-        return cls(battery_wh, board.idle_w, board.watts_per_core, workers, battery_max_wh,
-                   charge_efficiency, discharge_efficiency)
+    blind: bool = False  # the power data are stale or missing: the governor plans no work
 
 
 @dataclass(frozen=True)
@@ -91,6 +85,12 @@ def battery_above_reserve_wh(soc_pct: float | None, reserve_pct: float,
     return max(0.0, (soc_pct - reserve_pct) / 100.0 * capacity_wh)
 
 
+def due(jobs: Sequence[Work]) -> tuple[Due, ...]:
+    """The deferrable work the governor's plan must place by its deadlines."""
+    return tuple(Due(w.deadline, w.work_cpu_s) for w in jobs
+                 if w.job_class == "deferrable" and w.deadline is not None)
+
+
 def plan_order(jobs: Sequence[Work]) -> list[Work]:
     """The order the queue serves jobs: running ones first, then by class, then EDF."""
     rank = {"urgent": 0, "deferrable": 1, "best-effort": 2}
@@ -115,56 +115,37 @@ def _pv_slot(forecast: Forecast, t: float) -> tuple[float, float]:
     return forecast.pv_w[n - day + (i - n) % day], end
 
 
-def simulate(jobs: Sequence[Work], now: float, forecast: Forecast, budget: Budget,
-             until: float) -> Projection:
-    """Run ``jobs`` in ``plan_order`` as a fluid from ``now`` to ``until`` on the forecast.
+def simulate(jobs: Sequence[Work], now: float, capacity: Capacity, until: float) -> Projection:
+    """Run ``jobs`` in ``plan_order`` as a fluid from ``now`` to ``until`` on ``capacity``.
 
-    Each job takes at most one core; the cores that run are as many as there are jobs, up to
-    ``budget.workers``, while the battery holds energy, and only what the PV surplus pays for
-    once it is empty. Events: slot boundaries, completions, deadlines, an empty battery.
+    Each job takes one worker while it runs; in each slot the first jobs of the order take the
+    workers the plan gives it. Events: slot boundaries, completions, deadlines.
     """
     order = [w for w in plan_order(jobs) if w.job_class != "best-effort"]
     left = {w.id: w.work_cpu_s for w in order}
     finish: dict[str, float] = {}
     late: dict[str, float] = {}
-    store_j = max(0.0, budget.battery_wh) * 3600.0
-    cap_j = max(store_j, (budget.battery_max_wh or 0.0) * 3600.0)
-    per_core, eff = budget.watts_per_core, budget.discharge_efficiency
-    charge = budget.charge_efficiency if budget.battery_max_wh is not None else 0.0
-    active = list(order)  # unfinished, in order; the first ``workers`` of them hold a worker
+    active = list(order)  # unfinished, in order
     t = now
     while active and t < until - EPS:
-        window = active[:budget.workers]
-        pv_w, slot_end = _pv_slot(forecast, t)
-        surplus_w = max(0.0, pv_w - budget.idle_w)
-        deficit_w = max(0.0, budget.idle_w - pv_w)
-        demand_w = len(window) * per_core
-        if store_j > EPS:
-            cores = float(len(window))
-            from_sun_w = min(surplus_w, demand_w)
-            net_w = (surplus_w - from_sun_w) * charge - (demand_w - from_sun_w + deficit_w) / eff
-        else:  # empty battery: the sun alone pays for work; the idle deficit is the governor's
-            cores = min(float(len(window)), surplus_w / per_core)
-            net_w = (surplus_w - cores * per_core) * charge
-        rates = [min(1.0, max(0.0, cores - k)) for k in range(len(window))]
+        workers, slot_end = capacity.slot(t)
+        window = active[:workers]
         dt = min(slot_end, until) - t
-        for w, rate in zip(window, rates, strict=True):
-            if rate > EPS:
-                dt = min(dt, left[w.id] / rate)
+        for w in window:
+            dt = min(dt, left[w.id])
+        for w in active:
             if w.deadline is not None and w.deadline > t + EPS:
                 dt = min(dt, w.deadline - t)
-        if net_w < 0 and store_j > EPS:
-            dt = min(dt, store_j / -net_w)
         t += dt
-        store_j = min(max(0.0, store_j + net_w * dt), cap_j)
-        for w, rate in zip(window, rates, strict=True):
-            left[w.id] -= rate * dt
+        for w in window:
+            left[w.id] -= dt
             if left[w.id] <= EPS * max(1.0, w.work_cpu_s):
                 finish[w.id] = t
                 active.remove(w)
-            elif w.deadline is not None and t >= w.deadline - EPS:
+        for w in active:
+            if w.deadline is not None and t >= w.deadline - EPS:
                 late.setdefault(w.id, left[w.id])
-    for w in order:  # late without ever holding a worker before its deadline: nothing done
+    for w in order:  # past ``until`` unfinished, or finished after its deadline
         if w.deadline is None or w.id in late:
             continue
         done = finish.get(w.id)
@@ -173,17 +154,32 @@ def simulate(jobs: Sequence[Work], now: float, forecast: Forecast, budget: Budge
     return Projection(finish, late)
 
 
-def usable_wh(forecast: Forecast, budget: Budget, now: float, until: float) -> tuple[float, float]:
+def planned_s(capacity: Capacity, now: float, until: float) -> tuple[float, float]:
+    """Seconds from ``now`` to ``until`` that the plan works with any worker, and the
+    worker-seconds it gives in all."""
+    awake = worker_s = 0.0
+    t = now
+    while t < until - EPS:
+        workers, slot_end = capacity.slot(t)
+        end = min(slot_end, until)
+        if workers > 0:
+            awake += end - t
+            worker_s += workers * (end - t)
+        t = end
+    return awake, worker_s
+
+
+def usable_wh(outlook: Outlook, now: float, until: float) -> tuple[float, float]:
     """PV surplus above idle from ``now`` to ``until`` and the battery above its reserve (Wh):
-    the two resources the reason for a rejection names."""
+    the two energy resources the reason for a rejection names."""
     surplus_j = 0.0
     t = now
     while t < until - EPS:
-        pv_w, slot_end = _pv_slot(forecast, t)
+        pv_w, slot_end = _pv_slot(outlook.forecast, t)
         end = min(slot_end, until)
-        surplus_j += max(0.0, pv_w - budget.idle_w) * (end - t)
+        surplus_j += max(0.0, pv_w - outlook.idle_w) * (end - t)
         t = end
-    return surplus_j / 3600.0, max(0.0, budget.battery_wh)
+    return surplus_j / 3600.0, max(0.0, outlook.battery_wh)
 
 
 def _iso(t: float) -> str:
@@ -191,8 +187,7 @@ def _iso(t: float) -> str:
         "+00:00", "Z")
 
 
-def admit(queue: Sequence[Work], job: Work, now: float, forecast: Forecast,
-          budget: Budget) -> Verdict:
+def admit(queue: Sequence[Work], job: Work, now: float, outlook: Outlook) -> Verdict:
     """Accept or reject ``job`` given the jobs already queued or running (``queue``)."""
     if job.job_class == "urgent":
         return Verdict(True, "urgent jobs are always accepted; they run when the governor "
@@ -203,24 +198,32 @@ def admit(queue: Sequence[Work], job: Work, now: float, forecast: Forecast,
         return Verdict(False, "a deferrable job needs a deadline")
     if job.deadline <= now:
         return Verdict(False, f"its deadline {_iso(job.deadline)} has passed")
+    if outlook.blind:
+        return Verdict(False, "the site's power data are stale or missing: the governor plans "
+                              "no work until it reads the battery again, so no deadline can "
+                              "be promised now")
     planned = [*queue, job]
     until = max(w.deadline for w in planned if w.deadline is not None
                 and w.job_class == "deferrable")
-    with_job = simulate(planned, now, forecast, budget, until)
+    capacity = outlook.plan(planned)
+    with_job = simulate(planned, now, capacity, until)
     if job.id in with_job.left_at_deadline:
-        sun_wh, battery_wh = usable_wh(forecast, budget, now, job.deadline)
+        sun_wh, battery_wh = usable_wh(outlook, now, job.deadline)
+        awake_s, worker_s = planned_s(capacity, now, job.deadline)
         ahead = [w for w in plan_order(planned) if w.job_class != "best-effort"]
         ahead_s = sum(w.work_cpu_s for w in ahead[:ahead.index(job)])
         left = with_job.left_at_deadline[job.id]
         return Verdict(False, (
             f"it would miss its deadline {_iso(job.deadline)}: {left:.0f} of its "
-            f"{job.work_cpu_s:.0f} CPU-s would be left. Until then the forecast pays for "
-            f"{sun_wh:.1f} Wh of PV surplus above idle and the battery holds {battery_wh:.1f} Wh "
-            f"above its reserve; {ahead_s:.0f} CPU-s of work is queued ahead of it "
-            f"(one CPU-s costs {budget.watts_per_core:.2f} J)"))
+            f"{job.work_cpu_s:.0f} CPU-s would be left. Until then the governor can plan work "
+            f"for {awake_s / 3600:.1f} of the {(job.deadline - now) / 3600:.1f} h "
+            f"({worker_s:.0f} worker-s): the forecast pays for {sun_wh:.1f} Wh of PV surplus "
+            f"above idle and the battery holds {battery_wh:.1f} Wh above its reserve; "
+            f"{ahead_s:.0f} CPU-s of work is queued ahead of it (one CPU-s costs "
+            f"{outlook.watts_per_core:.2f} J)"))
     missed = with_job.misses(planned)
     if missed:
-        before = set(simulate(queue, now, forecast, budget, until).left_at_deadline)
+        before = set(simulate(queue, now, outlook.plan(queue), until).left_at_deadline)
         caused = [w for w in missed if w.id not in before]
         if caused:
             w = caused[0]
