@@ -194,14 +194,16 @@ class Intake:
         if isinstance(model, str) and self.models is not None and model not in self.models:
             errors.append(FieldError("model", f"unknown model {model!r}; this site runs: "
                                               + ", ".join(sorted(self.models))))
-        problem = self._input_problem(ref) if isinstance(ref, str) and ref else None
+        problem = self.input_problem(ref) if isinstance(ref, str) and ref else None
         if problem:
             errors.append(FieldError("input", problem))
         if errors or spec is None:
             raise InvalidJob(errors)
         return data, spec
 
-    def _input_problem(self, ref: str) -> str | None:
+    def input_problem(self, ref: str) -> str | None:
+        """Why ``ref`` cannot be a job's input (None: it can): the inbox and remote commands
+        take inputs under the same rule."""
         rel = Path(ref)
         if rel.is_absolute():
             return "must be a path relative to the inbox"
