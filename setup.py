@@ -1,7 +1,8 @@
 """Build the Cython kernels from ext/ when a compiler is there; install without them when not.
 
 Packages and package data live here (not in pyproject.toml) because the top-level ``boards/``
-folder is mapped into the package as ``edgeagent.board_profiles``.
+and ``systemd/`` folders are mapped into the package as ``edgeagent.board_profiles`` and
+``edgeagent.systemd_units`` (what ``edgeagent install-service`` installs).
 """
 
 import os
@@ -53,10 +54,13 @@ def kernel_extensions() -> list[Extension]:
 setup(
     # Data folders (infer/models, sim/data) are namespace packages so their files install.
     packages=[*find_namespace_packages(include=["edgeagent", "edgeagent.*"],
-                                       exclude=["*.__pycache__"]), "edgeagent.board_profiles"],
-    package_dir={"edgeagent.board_profiles": "boards"},
+                                       exclude=["*.__pycache__"]), "edgeagent.board_profiles",
+              "edgeagent.systemd_units"],
+    package_dir={"edgeagent.board_profiles": "boards", "edgeagent.systemd_units": "systemd"},
     package_data={
         "edgeagent.board_profiles": ["*.toml"],
+        "edgeagent.systemd_units": ["*.service", "*.slice", "*.tmpfiles", "*.sysusers", "*.rules",
+                                    "*.pkla", "*.toml"],
         "edgeagent.infer.models": ["*.onnx", "*.tflite", "*.npz", "*.md"],
         "edgeagent.sim.data": ["*.csv", "*.md"],
     },

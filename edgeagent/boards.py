@@ -35,6 +35,16 @@ class Knobs(BaseModel):
     power_modes_w: list[float] = Field(default_factory=list)
 
 
+class Detect(BaseModel):
+    """How ``board_detect`` recognises the board: its device-tree ``compatible`` strings, and
+    for a Jetson whose device tree is hidden the L4T major releases that run on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compatible: list[str] = Field(default_factory=list)
+    l4t_releases: list[int] = Field(default_factory=list)
+
+
 class BoardProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +59,7 @@ class BoardProfile(BaseModel):
     serial_ports: list[str]
     power_sensor: PowerSensor
     knobs: Knobs
+    detect: Detect = Field(default_factory=Detect)
 
     @model_validator(mode="after")
     def _full_above_idle(self) -> BoardProfile:

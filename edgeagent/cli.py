@@ -38,6 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the service (what systemd starts)")
     run.add_argument("--config", type=Path, required=True, metavar="PATH")
 
+    install = sub.add_parser("install-service", help="install the systemd unit, its user, "
+                             "rules and an example config (idempotent)")
+    install.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                         help="install under DIR, files only (default /: also creates the user)")
+    install.add_argument("--venv", type=Path, metavar="PATH",
+                         help="the environment whose edgeagent the unit runs (default: this "
+                              "one's)")
+    install.add_argument("--dry-run", action="store_true", help="say what would change")
+
+    fleet = sub.add_parser("fleet", help="live table of every site/node seen on the broker")
+    fleet.add_argument("--broker", required=True, metavar="URL",
+                       help="mqtt://host:port, mqtts://host:port or unix:///path")
+    fleet.add_argument("--root", default="edgeagent", help="topic root (default edgeagent)")
+    fleet.add_argument("--once", action="store_true",
+                       help="print one snapshot after --window seconds and exit")
+    fleet.add_argument("--json", action="store_true", help="the table as one JSON array")
+    fleet.add_argument("--window", type=float, default=15.0, metavar="S",
+                       help="seconds of listening before a snapshot (default 15: more than "
+                            "the default telemetry interval)")
+
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate a config file")
@@ -222,6 +242,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     broker=args.broker, site=args.site, node=args.node,
                                     state_dir=args.state_dir, charger=args.charger,
                                     monitor=args.monitor))
+    if args.command == "fleet":
+        from edgeagent.telemetry.address import BrokerAddress
+        from edgeagent.telemetry.fleet import run_fleet
+
+        if args.window <= 0:
+            print("edgeagent fleet: --window must be positive", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            BrokerAddress.parse(args.broker)
+        except ValueError as exc:
+            print(f"edgeagent fleet: --broker {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        return run_fleet(args.broker, args.root, once=args.once, as_json=args.json,
+                         window_s=args.window)
     if args.command == "run":
         from edgeagent.config import ConfigError, load_config
         from edgeagent.service import run_service
@@ -232,7 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for issue in exc.issues:
                 print(f"{exc.source}: {issue}", file=sys.stderr)
             return EXIT_INVALID
-        return run_service(config)
+        return run_service(config, path=args.config)
+    if args.command == "install-service":
+        from edgeagent.install import install
+
+        return install(args.root, args.venv, args.dry_run)
     if args.command == "read":
         from edgeagent.power.read import ReadOptions, run_read
 

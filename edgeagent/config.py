@@ -7,6 +7,7 @@ cgroupfs unless an actuator is enabled explicitly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,14 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from edgeagent import tomlfile
+from edgeagent.board_detect import AUTO, Detection, detect_board
 from edgeagent.boards import BoardProfile, available_boards, load_board
 from edgeagent.infer.bundled import BUNDLED_MODELS
 from edgeagent.telemetry.address import BrokerAddress
+from edgeagent.telemetry.signing import read_key
 
 Driver = Literal["vedirect", "jbd", "daly", "epever", "renogy"]
+MqttProtocol = Literal["5", "3.1.1"]
 TOPIC_LEVEL = r"^[A-Za-z0-9_-]+$"
 
 
@@ -39,7 +43,8 @@ class Section(BaseModel):
 class SiteConfig(Section):
     id: str = Field(default="site1", pattern=TOPIC_LEVEL, description="site id (topic level)")
     node: str = Field(default="node1", pattern=TOPIC_LEVEL, description="node id (topic level)")
-    board: str = Field(default="raspberry-pi-4", description="board profile name")
+    board: str = Field(default=AUTO, description='board profile name, or "auto": detected '
+                                                 "from the device tree (edgeagent.board_detect)")
     latitude: float | None = Field(default=None, ge=-90, le=90,
                                    description="degrees north; with longitude, the solar forecast")
     longitude: float | None = Field(default=None, ge=-180, le=180, description="degrees east")
@@ -53,13 +58,25 @@ class SiteConfig(Section):
     @field_validator("board")
     @classmethod
     def _known_board(cls, name: str) -> str:
-        if name not in available_boards():
-            known = ", ".join(available_boards())
+        if name != AUTO and name not in available_boards():
+            known = ", ".join([AUTO, *available_boards()])
             raise ValueError(f"unknown board {name!r}; known boards: {known}")
         return name
 
+    def detection(self) -> Detection:
+        """The board profile to use: the configured one, or with "auto" this machine's."""
+        if self.board == AUTO:
+            return _this_machine()
+        return Detection(self.board, True, "site.board")
+
     def profile(self) -> BoardProfile:
-        return load_board(self.board)
+        return load_board(self.detection().board)
+
+
+@functools.cache
+def _this_machine() -> Detection:
+    """Detected once: the board does not change under a running agent."""
+    return detect_board()
 
 
 class PowerDevice(Section):
@@ -99,6 +116,10 @@ class GovernorConfig(Section):
         description="clearness quantile of past days taken for the days ahead: higher spends "
                     "more before the sun that refills the battery, lower saves more for it; "
                     "the storm margin keeps the reserve either way")
+    admission_quantile: float = Field(
+        default=0.25, gt=0, lt=1,
+        description="the same quantile for the cautious forecast that job admission counts "
+                    "on: lower rejects more deferrable jobs and misses fewer deadlines")
     min_dwell_s: float = Field(
         default=1800.0, ge=0, le=86400,
         description="least time at a work level before the plan may change it; the reserve "
@@ -197,14 +218,96 @@ class WorkloadConfig(Section):
         return list(dict.fromkeys([self.model, *(f.model for f in self.fallbacks)]))
 
 
+class HomeAssistantConfig(Section):
+    """Home Assistant MQTT discovery (``telemetry.homeassistant``)."""
+
+    enabled: bool = False
+    prefix: str = Field(default="homeassistant", pattern=r"^[^#+/]+(/[^#+/]+)*$",
+                        description="Home Assistant's discovery prefix")
+    support_url: str | None = Field(default=None, description="the origin's url in discovery")
+
+
+def _existing_file(path: Path | None, info: ValidationInfo) -> Path | None:
+    """An existing file, made absolute from the config file's folder."""
+    if path is None:
+        return None
+    path = ((info.context or {}).get("config_dir", Path.cwd()) / path).resolve()
+    if not path.is_file():
+        raise ValueError(f"no file at {path}")
+    return path
+
+
+class TlsConfig(Section):
+    """TLS to an ``mqtts://`` broker (``telemetry.tls``); a certificate and key: mutual TLS."""
+
+    ca_file: Path | None = Field(default=None,
+                                 description="CA that signed the broker's certificate; "
+                                             "default: the system's CA store")
+    cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
+    key_file: Path | None = Field(default=None,
+                                  description="client key (PEM); default: inside cert_file")
+    insecure: bool = Field(default=False,
+                           description="skip the broker host name check (the certificate is "
+                                       "still verified against ca_file): tests only")
+
+    _files_exist = field_validator("ca_file", "cert_file")(_existing_file)
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_with_cert(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("cert_file") is None:
+            raise ValueError("a key_file needs its cert_file")
+        return _existing_file(path, info)
+
+
 class TelemetryConfig(Section):
     broker: str | None = Field(default=None, description="mqtt://host:port, mqtts://, unix:///path")
     topic_root: str = Field(default="edgeagent", pattern=r"^[^#+/]+(/[^#+/]+)*$")
     interval_s: float = Field(default=10.0, gt=0, le=86400)
     outbox_path: Path = Path("/var/lib/edgeagent/outbox.db")
-    outbox_max_rows: int = Field(default=100_000, ge=10)
+    outbox_max_rows: int = Field(default=100_000, ge=10, le=100_000_000,
+                                 description="rows kept; when full, old telemetry is thinned, "
+                                             "then rows dropped by priority (counted)")
+    outbox_max_bytes: int = Field(default=64 << 20, ge=1 << 20, le=1 << 40,
+                                  description="disk bytes of the outbox, WAL included (the "
+                                              "database is capped at 3/4 of it, or less 4 MiB)")
+    protocol: MqttProtocol = Field(default="5", description='"5" (MQTT v5) or "3.1.1"')
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, description="better: password_file")
+    password_file: Path | None = Field(
+        default=None, description="file holding the broker password, so it stays out of this "
+                                  "TOML (trailing newline ignored)")
+    tls: TlsConfig | None = Field(default=None, description="for an mqtts:// broker")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=3600,
+                                   description="shortest wait before reconnecting")
+    reconnect_max_s: float = Field(default=120.0, gt=0, le=86400,
+                                   description="longest wait; waits grow to it, with jitter")
+    will_delay_s: int = Field(default=5, ge=0, le=3600,
+                              description="MQTT v5 Will Delay: a shorter blip does not flap "
+                                          "the status to offline")
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    command_max_bytes: int = Field(
+        default=65536, ge=1024, le=16 << 20,
+        description="larger commands and desired configs are refused unread")
+    command_hmac_key_file: Path | None = Field(
+        default=None, description="when set, only commands signed with this key are taken "
+                                  "(HMAC-SHA256): for brokers without per-device ACLs")
+    config_probation_ticks: int = Field(
+        default=12, ge=1, le=100_000,
+        description="ticks a remote config change is watched; unhealthy: rolled back")
+
+    @field_validator("command_hmac_key_file")
+    @classmethod
+    def _readable_key(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        path = ((info.context or {}).get("config_dir", Path.cwd()) / path).resolve()
+        try:
+            read_key(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read the key: {exc}") from exc
+        return path
 
     @field_validator("broker")
     @classmethod
@@ -212,6 +315,48 @@ class TelemetryConfig(Section):
         if url is not None:
             BrokerAddress.parse(url)  # its ValueError names what is wrong
         return url
+
+    @field_validator("password_file")
+    @classmethod
+    def _one_password(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("password") is not None:
+            raise ValueError("give password or password_file, not both")
+        return _existing_file(path, info)
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_needs_mqtts(cls, tls: TlsConfig | None, info: ValidationInfo) -> TlsConfig | None:
+        broker = info.data.get("broker")
+        if tls is not None and broker is not None and not BrokerAddress.parse(broker).tls:
+            raise ValueError(f"TLS settings need an mqtts:// broker, not {broker!r}")
+        return tls
+
+    @field_validator("reconnect_max_s")
+    @classmethod
+    def _backoff_span(cls, high: float, info: ValidationInfo) -> float:
+        if high < info.data.get("reconnect_min_s", 0):
+            raise ValueError("must be at least reconnect_min_s")
+        return high
+
+    def broker_password(self) -> str | None:
+        """The password, from ``password`` or read from ``password_file``."""
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\r\n")
+        return self.password
+
+
+class FleetJobsConfig(Section):
+    """Jobs from ``<root>/<site>/jobs`` and ``<root>/fleet/jobs`` (``jobs.fleet``), taken
+    through a shared subscription while the governor has energy to spare."""
+
+    enabled: bool = False
+    share_group: str = Field(default="edgeagent", pattern=TOPIC_LEVEL,
+                             description="the $share group: every node of one pool uses the same")
+    subscribe_after_s: float = Field(default=300.0, ge=0, le=86400,
+                                     description="spare energy must last this long before the "
+                                                 "node subscribes (it unsubscribes at once)")
+    max_hops: int = Field(default=10, ge=0, le=1000,
+                          description="hand-backs of a job before a node rejects it")
 
 
 class JobsConfig(Section):
@@ -236,6 +381,7 @@ class JobsConfig(Section):
                                       description="finished jobs are pruned after this")
     share_inputs: bool = Field(default=False,
                                description="let results carry the input's reference")
+    fleet: FleetJobsConfig = Field(default_factory=FleetJobsConfig)
 
 
 class ActuatorConfig(Section):
@@ -259,6 +405,32 @@ class ActuatorConfig(Section):
         default=30.0, ge=0, le=3600,
         description="least seconds between a knob's write and the next one that raises it "
                     "(lowering is never delayed): bounds flapping")
+    sleep: bool = Field(
+        default=False,
+        description="halt the board when the governor decides to sleep (governor.allow_sleep), "
+                    "after arming the RTC wake alarm; never without an RTC")
+    rtc: str = Field(default="rtc0", pattern=r"^rtc[0-9]+$",
+                     description="the RTC whose alarm powers the board on: "
+                                 "<sysfs_root>/class/rtc/<rtc>/wakealarm")
+    sleep_command: list[str] = Field(
+        default_factory=lambda: ["systemctl", "poweroff"], min_length=1,
+        description="halts the board; the agent runs unprivileged, so a polkit rule must allow "
+                    "it or it must be a privileged helper")
+    sleep_min_s: float = Field(default=1200.0, ge=60, le=86400,
+                               description="never halt for less than this")
+    sleep_max_s: float = Field(default=129600.0, gt=0, le=259200,
+                               description="never arm a wake further away than this (36 h): a "
+                                           "wrong clock must not cost days")
+    sleep_grace_s: float = Field(
+        default=1800.0, ge=60, le=86400,
+        description="no halt within this long of the agent's start, so a misconfigured site "
+                    "cannot boot-loop into sleep")
+
+    @model_validator(mode="after")
+    def _sleep_span(self) -> ActuatorConfig:
+        if self.sleep_max_s <= self.sleep_min_s:
+            raise ValueError("sleep_max_s: must be above sleep_min_s")
+        return self
 
     @field_validator("cgroup_slice")
     @classmethod
@@ -282,11 +454,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _max_workers_fit_board(self) -> Config:
-        cores = self.site.profile().cores
-        if self.governor.max_workers > cores:
+        board = self.site.profile()
+        if self.governor.max_workers > board.cores:
             raise ValueError(
                 f"governor.max_workers: {self.governor.max_workers} exceeds the "
-                f"{cores} cores of board {self.site.board!r}"
+                f"{board.cores} cores of board {board.name!r}"
             )
         return self
 

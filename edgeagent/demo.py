@@ -155,6 +155,7 @@ def _run(options: DemoOptions, outbox: Outbox, out: TextIO) -> int:
                   epoch=lambda: TMY_YEAR_START_UTC + emulator.sim_hour * 3600.0,
                   forecaster=Forecaster(LATITUDE, LONGITUDE,
                                         quantile=governor_cfg.forecast_quantile,
+                                        admission_quantile=governor_cfg.admission_quantile,
                                         capacity_w=PANEL_WP * DEFAULT_DERATE))
     print(f"edgeagent demo: {board.description}, {PANEL_WP:.0f} Wp panel, "
           f"{BATTERY_WH:.0f} Wh battery (reserve {battery_cfg.reserve_soc_pct:.0f} %), "

@@ -1,31 +1,59 @@
 """``edgeagent run --config``: the service systemd starts.
 
-Thin for now (issue 7 adds sd_notify, the watchdog and reload): it wires the configured serial
-devices, the governor, the workers, the outbox and MQTT into the agent loop and runs it until
-SIGTERM or SIGINT, then stops admitting work, flushes what the link allows and says offline.
+It wires the configured serial devices, the governor, the workers, the outbox and MQTT into the
+agent loop and runs it until SIGTERM or SIGINT, then stops admitting work, lets running jobs
+finish (one still running when the workers are given up on is requeued at the next start),
+flushes what the link allows and says offline. Under systemd (``Type=notify``,
+``edgeagent.notify``) it says READY once the readers, workers and outbox are up and the
+governor decided once (never waiting for the broker), keeps ``STATUS`` current, pings the
+watchdog only while every loop progresses, and reloads the config file on SIGHUP (the
+``reload`` command's path: live keys only).
+With ``governor.allow_sleep`` and ``actuators.sleep`` on, the sleep actuator arms the RTC wake
+alarm and calls back here to stop the same way before it runs the halt command.
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import sys
 import threading
+import time
+from contextlib import suppress
 from functools import partial
-from types import FrameType
+from pathlib import Path
 from typing import TextIO
 
 from edgeagent.actuators import build_actuators
+from edgeagent.actuators.sleep import utc
 from edgeagent.agent import Agent
+from edgeagent.boards import load_board
 from edgeagent.config import Config, PowerDevice
 from edgeagent.governor import Forecaster
 from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.notify import (
+    Check,
+    Heartbeat,
+    Notifier,
+    SignalFlags,
+    StatusLine,
+    Watchdog,
+    alive,
+    stall_seam,
+)
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
 from edgeagent.power.reader import SerialReader
 from edgeagent.power.source import PinnedSource, PowerSource
+from edgeagent.power.throttle import ThrottleSensor
+from edgeagent.telemetry.commands import CommandFailed, Commands
+from edgeagent.telemetry.homeassistant import HomeAssistant
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox, OutboxError
+from edgeagent.telemetry.remote_config import RemoteConfig
+from edgeagent.telemetry.signing import Verifier, read_key
 from edgeagent.workloads.desk import JobDesk
+from edgeagent.workloads.fleet_jobs import FleetJobs, Ledger
 from edgeagent.workloads.inbox import Intake
 from edgeagent.workloads.jobs import JobError, JobQueue
 from edgeagent.workloads.pool import WorkerPool
@@ -44,8 +72,52 @@ def device_reader(device: PowerDevice) -> PowerSource:
     return source if device.serial is None else PinnedSource(source, device.serial)
 
 
-def run_service(config: Config, out: TextIO = sys.stderr) -> int:
-    board = config.site.profile()
+def status_text(agent: Agent, outbox: Outbox) -> str:
+    """What ``systemctl status`` shows: SoC, work level, backlog, link."""
+    state, decision = agent.state, agent.decision
+    soc = "SoC ?" if state.battery_soc_pct is None else f"SoC {state.battery_soc_pct:.0f}%"
+    parts = [soc + (" (power stale)" if state.stale else "")]
+    if decision is not None:
+        parts.append(f"level {decision.level:.2f} ({decision.workers} workers)")
+    parts.append(f"backlog {outbox.pending_count()}")
+    parts.append("link off" if agent.link is None else f"link {agent.link.state}")
+    return " · ".join(parts)
+
+
+def reader_check(reader: PowerSource) -> Check:
+    """A stale sensor is not a stuck loop (``STATUS`` says stale); a dead reader thread is."""
+    return alive(f"power reader {reader.name}", lambda: reader.running)
+
+
+JOB_SLACK = 3.0  # a job may take this many times its declared CPU-seconds (a lowered cpufreq)
+
+
+def workers_check(pool: WorkerPool, queue: JobQueue, limit_s: float) -> Check:
+    """No worker on one batch or job for longer than ``limit_s``, or, while jobs run, than
+    ``limit_s`` plus ``JOB_SLACK`` times the longest running job's declared ``work_cpu_s``: a
+    job that says it needs ten minutes is not a stuck worker at 30 s. The queue is asked only
+    when the short limit is passed."""
+
+    def check() -> str | None:
+        if pool.stalled(limit_s) is None:
+            return None
+        running = [w.work_cpu_s for w in queue.planned_work() if w.running]
+        return pool.stalled(limit_s + JOB_SLACK * max(running, default=0.0))
+
+    return check
+
+
+def run_service(config: Config, out: TextIO = sys.stderr, path: Path | None = None) -> int:
+    """``config`` as read from ``path`` (what the ``reload`` command reads again)."""
+    remote = RemoteConfig(config, path=path,
+                          state_path=config.telemetry.outbox_path.with_name("remote-config.json"),
+                          probation_ticks=config.telemetry.config_probation_ticks,
+                          max_bytes=config.telemetry.command_max_bytes)
+    config = remote.config  # the file with the last good remote config over it
+    detection = config.site.detection()
+    board = load_board(detection.board)
+    print(detection.describe(), file=out, flush=True)
+    throttle = ThrottleSensor.find()
     workload = config.workload
     samples, labels = load_bundled_samples()
     try:  # load every model once now: a broken model file is a start-up error, not a loop
@@ -58,7 +130,8 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
     tel = config.telemetry
     topics = Topics(tel.topic_root, config.site.id, config.site.node)
     try:
-        outbox = Outbox(tel.outbox_path, max_rows=tel.outbox_max_rows)
+        outbox = Outbox(tel.outbox_path, max_rows=tel.outbox_max_rows,
+                        max_bytes=tel.outbox_max_bytes)
     except OutboxError as exc:
         print(f"edgeagent run: {exc} (check telemetry.outbox_path and the service's "
               "StateDirectory)", file=out)
@@ -76,29 +149,137 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
         return 2
     intake = (Intake(jobs_cfg.inbox_dir, queue, models=workload.models(),
                      share_inputs=jobs_cfg.share_inputs) if jobs_cfg.inbox_dir else None)
-    pool = WorkerPool(partial(DigitsClassifier.load, threads=workload.threads_per_worker),
+    pool = WorkerPool(stall_seam(partial(DigitsClassifier.load,
+                                         threads=workload.threads_per_worker)),
                       samples, labels, max_workers=config.governor.max_workers,
                       batch_size=workload.batch_size, model=workload.model, jobs=queue,
                       inputs_dir=jobs_cfg.inbox_dir)
     site = config.site
     forecaster = (Forecaster(site.latitude, site.longitude,
-                             quantile=config.governor.forecast_quantile)
+                             quantile=config.governor.forecast_quantile,
+                             admission_quantile=config.governor.admission_quantile)
                   if site.latitude is not None and site.longitude is not None else None)
-    link = (MqttLink(tel.broker, topics, username=tel.username, password=tel.password)
+    link = (MqttLink(tel.broker, topics, username=tel.username, password=tel.broker_password(),
+                     tls=tel.tls, protocol=tel.protocol, keepalive_s=tel.keepalive_s,
+                     reconnect_min_s=tel.reconnect_min_s, reconnect_max_s=tel.reconnect_max_s,
+                     will_delay_s=tel.will_delay_s,
+                     session_file=tel.outbox_path.with_name("mqtt-session"))
             if tel.broker else None)
+    desk = JobDesk(queue, intake, board, config.battery, config.governor)
+    fleet_cfg, ha_cfg = jobs_cfg.fleet, tel.homeassistant
+    if link is None and (fleet_cfg.enabled or ha_cfg.enabled):
+        print("edgeagent run: jobs.fleet and telemetry.homeassistant need telemetry.broker",
+              file=out)
+    ledger = fleet_jobs = None
+    if link is not None and fleet_cfg.enabled:
+        try:
+            ledger = Ledger(queue.path.with_name("fleet-jobs.db"))
+        except JobError as exc:
+            outbox.close()
+            queue.close()
+            print(f"edgeagent run: {exc}", file=out)
+            return 2
+        fleet_jobs = FleetJobs(link, outbox, desk, ledger,
+                               inputs_dir=queue.path.with_name("fleet-inputs"),
+                               models=workload.models(), share_group=fleet_cfg.share_group,
+                               subscribe_after_s=fleet_cfg.subscribe_after_s,
+                               max_hops=fleet_cfg.max_hops,
+                               keep_s=jobs_cfg.keep_finished_days * 86400, epoch=time.time)
+    homeassistant = (HomeAssistant(link, ha_cfg.prefix, board=board.name, sources=readers,
+                                   support_url=ha_cfg.support_url)
+                     if link is not None and ha_cfg.enabled else None)
+    stop = threading.Event()  # set on the main thread only: by a stop signal or before a halt
+    signals = SignalFlags()
+    closed = False
+    notifier = Notifier.from_environment()
+
+    def close_down() -> None:
+        """Stop admitting work, flush what the link allows, say offline and close the stores:
+        once, at the end or before a halt."""
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        notifier.stopping("stopping: workers finish, the link flushes")
+        pool.set_admitted(())
+        pool.set_workers(0)
+        pool.stop()
+        if link is not None:
+            link.stop(outbox)
+        for r in readers:
+            r.stop()
+        outbox.close()
+        queue.close()
+        if ledger is not None:
+            ledger.close()
+
+    def before_halt(wake: float) -> None:
+        """The sleep actuator armed the wake alarm: stop cleanly before it halts the board."""
+        print(f"sleeping until {utc(wake)}: stopping before the halt", file=out, flush=True)
+        stop.set()
+        with suppress(sqlite3.Error):  # the last word: the decision to sleep, and until when
+            outbox.enqueue_telemetry(topics.telemetry, agent.telemetry())
+        close_down()
+
+    if config.actuators.sleep and not config.governor.allow_sleep:
+        print("edgeagent run: actuators.sleep is on but governor.allow_sleep is off: the board "
+              "never sleeps", file=out)
+    if config.governor.allow_sleep and not config.actuators.sleep:
+        print("edgeagent run: governor.allow_sleep is on but actuators.sleep is off: the "
+              "governor plans sleep that does not happen (the board idles instead)", file=out)
     agent = Agent(sources=readers, board=board, battery=config.battery, governor=config.governor,
                   stale_after_s=config.power.stale_after_s, pool=pool, outbox=outbox,
                   topics=topics, link=link, telemetry_interval_s=tel.interval_s,
                   workload=workload, forecaster=forecaster,
-                  actuators=build_actuators(config.actuators, pool=pool, board=board),
-                  desk=JobDesk(queue, intake, board, config.battery, config.governor))
-    stop = threading.Event()
+                  actuators=build_actuators(config.actuators, pool=pool, board=board,
+                                            on_before_halt=before_halt),
+                  desk=desk, fleet_jobs=fleet_jobs, homeassistant=homeassistant,
+                  throttle=throttle)
+    remote.attach(agent, outbox, topics.config_reported)
+    agent.reporters["remote_config"] = remote.telemetry
+    if throttle is not None:
+        agent.reporters["throttle"] = throttle.telemetry
+    if link is not None:
+        key = tel.command_hmac_key_file
+        commands = Commands(agent, link, topics.cmd, reload=remote.reload,
+                            max_bytes=tel.command_max_bytes,
+                            verifier=None if key is None else Verifier(read_key(key)))
+        agent.reporters["commands"] = commands.telemetry
+        link.subscribe(topics.cmd, commands.handle)
+        link.subscribe(topics.config_desired, remote.on_desired)
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def reload_config() -> None:
+        """SIGHUP: the ``reload`` command's path, bracketed by RELOADING and READY."""
+        notifier.reloading()
+        try:
+            changed = remote.reload()["changed"]
+        except CommandFailed as exc:
+            print(f"edgeagent run: reload refused, the running config stays: {exc}",
+                  file=out, flush=True)
+        else:
+            print(f"reloaded {path}: {', '.join(changed) or 'nothing'} changed",
+                  file=out, flush=True)
+        notifier.ready()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    def take_signals() -> bool:
+        """Act on the signals received since the last call; True once asked to stop. A
+        signal during the shutdown itself changes nothing: it is bounded (workers, flush)."""
+        got = signals.take()
+        if signal.SIGTERM in got or signal.SIGINT in got:
+            stop.set()
+        elif signal.SIGHUP in got and not stop.is_set():
+            reload_config()
+        return stop.is_set()
+
+    signals.install((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    watchdog_s = notifier.watchdog_s or 0.0
+    main_loop = Heartbeat("main loop", lambda: agent.governor.tick_s + watchdog_s / 2)
+    checks: list[Check] = [main_loop, workers_check(pool, queue, watchdog_s),
+                           *(reader_check(r) for r in readers)]
+    if link is not None:
+        checks.append(alive("mqtt network", link.network_alive))
+    watchdog = Watchdog(notifier, checks, say=lambda msg: print(msg, file=out, flush=True))
+    status = StatusLine(notifier)
     for r in readers:
         r.start()
     pool.start()
@@ -108,25 +289,38 @@ def run_service(config: Config, out: TextIO = sys.stderr) -> int:
           f"{len(readers)} power device(s), board {board.name}", file=out, flush=True)
     last: tuple[int, str] | None = None
     try:
-        while not stop.is_set():
+        while not take_signals():
             decision = agent.tick()
+            if stop.is_set():  # the sleep actuator stopped us before its halt
+                break
+            remote.watch()
+            main_loop.beat()
+            if last is None:  # readers, workers, outbox and governor are up
+                notifier.ready()
+            status.update(status_text(agent, outbox) if watchdog.stuck is None
+                          else f"stuck: {watchdog.stuck} (watchdog not pinged)")
+            watchdog.poll()
             if (decision.workers, decision.model) != last:  # log changes, not every tick
                 last = (decision.workers, decision.model)
                 print(f"workers {decision.workers} on {decision.model}: {decision.reason}",
                       file=out, flush=True)
-            # Pump the link often; decide once per governor tick.
-            for _ in range(max(int(config.governor.tick_s / 0.1), 1)):
-                if stop.wait(0.1):
-                    break
+            # Pump the link often; decide once per governor tick, by the clock: slow pumps (a
+            # long backlog on an SD card) must not stretch the tick past the main loop's check.
+            next_tick = time.monotonic() + agent.governor.tick_s
+            while not take_signals() and (left := next_tick - time.monotonic()) > 0:
+                time.sleep(min(0.1, left))  # a signal cuts it short (PEP 475 resumes the rest)
                 if link is not None:
                     link.pump(outbox)
+                watchdog.poll()
     finally:
-        pool.set_workers(0)
-        pool.stop()
-        if link is not None:
-            link.stop(outbox)
-        for r in readers:
-            r.stop()
-        outbox.close()
-        queue.close()
+        close_down()
+        notifier.close()
+    actuators = agent.actuators
+    if actuators.halted:
+        print("halting: the RTC wakes the board", file=out, flush=True)
+    elif actuators.halting:  # stopped for a halt that did not happen
+        sleep = actuators.counts.get("sleep")
+        print(f"edgeagent run: the board did not halt ({sleep.last_error if sleep else '?'}); "
+              "exiting with status 1 so that systemd restarts the agent", file=out, flush=True)
+        return 1
     return 0

@@ -25,6 +25,8 @@ class SiteState:
     charger_state: str | None = None
     age_s: float | None = None
     stale: bool = True
+    # The board's supply sags now (a Raspberry Pi's firmware flag, power.throttle): shed load.
+    under_voltage: bool | None = None
 
     @classmethod
     def from_readings(cls, readings: Iterable[tuple[Reading | None, float | None]],

@@ -199,13 +199,15 @@ def test_tflite_io_is_int8_with_the_documented_quantization(
     # Raw counts 0..16 are exact: quantizing raw/16 with these parameters gives q = raw.
     counts = np.arange(17)
     assert np.array_equal(np.rint(counts / 16 / INPUT_SCALE) + INPUT_ZERO_POINT, counts)
-    # Resizable: a batch gives the same logits as the rows one at a time.
+    # Resizable: a batch gives the logits of the rows one at a time, to one step of the output
+    # scale (XNNPACK's aarch64 kernels round some batched sums differently) and the same class.
     raw, _ = test_set
     q = (raw[:25].astype(np.int16) + INPUT_ZERO_POINT).astype(np.int8)
     batched = run(litert(model_path(name), len(q)), q)
     assert batched.shape == (25, 10) and batched.dtype == np.int8
     single = np.concatenate([run(interp, q[i:i + 1]) for i in range(len(q))])
-    assert np.array_equal(batched, single)
+    assert np.abs(batched.astype(np.int16) - single).max() <= 1
+    assert np.array_equal(batched.argmax(axis=1), single.argmax(axis=1))
 
 
 @pytest.mark.parametrize("stem", STEMS)

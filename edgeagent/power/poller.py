@@ -143,6 +143,11 @@ class PolledReader:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    @property
+    def running(self) -> bool:
+        """The polling thread is alive (it only ends through ``stop``)."""
+        return self._thread.is_alive()
+
     def counters(self) -> dict[str, int]:
         return {"valid": self.polls_ok, "invalid": self.polls_failed, "reopens": self.reopens}
 

@@ -30,6 +30,9 @@ class PowerSource(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def running(self) -> bool: ...
+
     def counters(self) -> dict[str, int]: ...
 
 
@@ -55,6 +58,10 @@ class PinnedSource:
 
     def stop(self) -> None:
         self.source.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.source.running
 
     def _wrong_device(self) -> bool:
         latest = self.source.latest

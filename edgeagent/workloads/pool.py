@@ -90,6 +90,7 @@ class WorkerPool:
         self.last_error: str | None = None
         self._rate_mark = (time.monotonic(), 0.0)
         self._busy_cores = 0.0
+        self._busy_since: list[float | None] = [None] * max_workers  # per worker: the watchdog
         self._threads = [threading.Thread(target=self._work, args=(i,), name=f"worker-{i}",
                                           daemon=True) for i in range(max_workers)]
 
@@ -137,6 +138,20 @@ class WorkerPool:
         return PoolStats(total.inferences, total.correct, total.cpu_s, total.batches,
                          errors=errors, by_model=by_model, jobs=jobs)
 
+    def stalled(self, limit_s: float) -> str | None:
+        """Why the pool makes no progress (None: it does): a worker thread died, or one has
+        been on a single batch or job for more than ``limit_s``. A parked worker is idle."""
+        if self._stopping:
+            return None
+        now = time.monotonic()
+        for i, t in enumerate(self._threads):
+            since = self._busy_since[i]
+            if t.ident is not None and not t.is_alive():
+                return f"{t.name}: thread died"
+            if since is not None and now - since > limit_s:
+                return f"{t.name}: one batch or job for {now - since:.0f} s"
+        return None
+
     def _cpu_s_locked(self) -> float:
         return sum(s.cpu_s for s in self._by_model.values()) + self._job_work.cpu_s
 
@@ -175,18 +190,22 @@ class WorkerPool:
                 if self._stopping:
                     return
                 model, admitted = self._model, self._admitted
-            job = (self._jobs.claim(admitted, time.time())
-                   if self._jobs is not None and admitted else None)
-            if job is not None:
-                self._run_job(job, loaded)
-                continue
-            if model not in loaded:
-                loaded[model] = self._make(model)
-            idx = (np.arange(self.batch_size) + offset) % n
-            offset = (offset + self.batch_size) % n
-            cpu0 = time.thread_time()
-            labels, _ = loaded[model].classify(self._samples[idx], k=1)
-            cpu = time.thread_time() - cpu0
+            self._busy_since[index] = time.monotonic()
+            try:
+                job = (self._jobs.claim(admitted, time.time())
+                       if self._jobs is not None and admitted else None)
+                if job is not None:
+                    self._run_job(job, loaded)
+                    continue
+                if model not in loaded:
+                    loaded[model] = self._make(model)
+                idx = (np.arange(self.batch_size) + offset) % n
+                offset = (offset + self.batch_size) % n
+                cpu0 = time.thread_time()
+                labels, _ = loaded[model].classify(self._samples[idx], k=1)
+                cpu = time.thread_time() - cpu0
+            finally:
+                self._busy_since[index] = None
             correct = int(np.count_nonzero(labels[:, 0] == self._labels[idx]))
             with self._lock:
                 self._by_model[model] = (self._by_model.get(model, WorkStats())

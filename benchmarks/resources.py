@@ -1,0 +1,175 @@
+"""Resident memory and idle CPU of ``edgeagent run``, measured from /proc.
+
+    python benchmarks/resources.py [--idle-s 180] [--warmup-s 30] [--work-s 60] [--json]
+
+Starts its own Mosquitto and an emulated SmartShunt on a pseudo-terminal (one VE.Direct block
+pair per second, as a real one sends), then runs the service twice with the bundled int8 model
+at the default intervals (governor tick 5 s, telemetry every 10 s):
+- idle: the battery at 20 %, below the reserve, so the governor decides level 0 (no workers):
+  CPU is utime + stime from /proc/PID/stat over ``--idle-s`` after the warm-up, as a share of
+  one core; RSS is VmRSS after the warm-up;
+- work: the battery full, the governor runs its workers flat out on the bundled model: peak and
+  last VmRSS over ``--work-s``, and the threads.
+Goals (issue 7): RSS <= 80 MB with onnxruntime loaded, idle CPU <= 1 % of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import Broker, _free_port, _mosquitto_binary, edgeagent_command  # noqa: E402
+from edgeagent.power.vedirect import encode_block  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Shunt:
+    """A SmartShunt at ``soc_pct`` on a pty: its two blocks once a second."""
+
+    def __init__(self, soc_pct: float) -> None:
+        self.blocks = encode_block([
+            ("PID", "0xA389"), ("V", "13200"), ("I", "-500"), ("P", "-7"),
+            ("SOC", str(round(soc_pct * 10))), ("FW", "0405")]) + encode_block([("H4", "3")])
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self._stop = threading.Event()
+        threading.Thread(target=self._send, daemon=True).start()
+
+    def _send(self) -> None:
+        while not self._stop.wait(1.0):
+            os.write(self.master, self.blocks)
+
+    def close(self) -> None:
+        self._stop.set()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in
+                Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
+def rss_mb(pid: int) -> float:
+    return int(status(pid)["VmRSS"].split()[0]) / 1024
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def start_agent(workdir: Path, broker: Broker, soc_pct: float) -> tuple[subprocess.Popen[bytes],
+                                                                         Shunt]:
+    shunt = Shunt(soc_pct)
+    state = workdir / f"state-{soc_pct:.0f}"
+    config = workdir / f"agent-{soc_pct:.0f}.toml"
+    config.write_text(f"""
+[site]
+id = "res"
+node = "n1"
+[[power.devices]]
+driver = "vedirect"
+port = "{shunt.port}"
+[telemetry]
+broker = "{broker.url}"
+outbox_path = "{state / 'outbox.db'}"
+""")
+    log = (workdir / f"agent-{soc_pct:.0f}.log").open("w")
+    proc = subprocess.Popen([*edgeagent_command(), "run", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    return proc, shunt
+
+
+def stop_agent(proc: subprocess.Popen[bytes], shunt: Shunt) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    shunt.close()
+
+
+def measure_idle(workdir: Path, broker: Broker, warmup_s: float, idle_s: float
+                 ) -> dict[str, Any]:
+    proc, shunt = start_agent(workdir, broker, soc_pct=20.0)
+    try:
+        time.sleep(warmup_s)
+        rss, cpu0, t0 = rss_mb(proc.pid), cpu_s(proc.pid), time.monotonic()
+        time.sleep(idle_s)
+        used, wall = cpu_s(proc.pid) - cpu0, time.monotonic() - t0
+        return {"rss_mb": round(rss, 1), "rss_end_mb": round(rss_mb(proc.pid), 1),
+                "threads": int(status(proc.pid)["Threads"]), "cpu_s": round(used, 3),
+                "wall_s": round(wall, 1), "cpu_pct_of_one_core": round(100 * used / wall, 3)}
+    finally:
+        stop_agent(proc, shunt)
+
+
+def measure_work(workdir: Path, broker: Broker, warmup_s: float, work_s: float
+                 ) -> dict[str, Any]:
+    proc, shunt = start_agent(workdir, broker, soc_pct=100.0)
+    try:
+        time.sleep(warmup_s)
+        cpu0, t0, peak = cpu_s(proc.pid), time.monotonic(), 0.0
+        while time.monotonic() - t0 < work_s:
+            peak = max(peak, rss_mb(proc.pid))
+            time.sleep(1.0)
+        used, wall = cpu_s(proc.pid) - cpu0, time.monotonic() - t0
+        return {"rss_peak_mb": round(peak, 1), "rss_end_mb": round(rss_mb(proc.pid), 1),
+                "threads": int(status(proc.pid)["Threads"]),
+                "cores_busy": round(used / wall, 2)}
+    finally:
+        stop_agent(proc, shunt)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--warmup-s", type=float, default=30.0)
+    parser.add_argument("--idle-s", type=float, default=180.0)
+    parser.add_argument("--work-s", type=float, default=60.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="edgeagent-resources-"))
+    broker = Broker(workdir / "broker", _free_port(), _mosquitto_binary())
+    broker.directory.mkdir()
+    broker.start()
+    try:
+        result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                             f"Python {platform.python_version()}",
+                  "idle": measure_idle(workdir, broker, args.warmup_s, args.idle_s),
+                  "work": measure_work(workdir, broker, args.warmup_s, args.work_s)}
+    finally:
+        broker.stop()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        idle, work = result["idle"], result["work"]
+        print(f"machine: {result['machine']}")
+        print(f"idle (level 0, tick 5 s, telemetry 10 s): RSS {idle['rss_mb']} MB, CPU "
+              f"{idle['cpu_pct_of_one_core']} % of one core ({idle['cpu_s']} s in "
+              f"{idle['wall_s']} s), {idle['threads']} threads")
+        print(f"work (workers flat out): RSS peak {work['rss_peak_mb']} MB, end "
+              f"{work['rss_end_mb']} MB, {work['threads']} threads, {work['cores_busy']} "
+              "cores busy")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
