@@ -347,6 +347,13 @@ def test_a_stale_offline_of_an_older_session_is_answered_with_online(
     link.start()
     pump_until(link, box, lambda: link.connected)
     assert link.session == 1
+
+    def online_retained() -> bool:
+        status = retained(broker, TOPICS.status, timeout=0.5)
+        return status is not None and status["state"] == "online"
+
+    # Our online is on the broker before the late Will comes: otherwise online simply wins.
+    pump_until(link, box, online_retained)
     late_will = {"state": "offline", "session": 0, "version": "0"}  # e.g. through a bridge
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     publisher.connect("127.0.0.1", broker.port)
