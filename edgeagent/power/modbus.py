@@ -3,6 +3,8 @@
 Register maps, scaling and pitfalls: research/serial-protocols.md §2. Each driver reads a few
 contiguous blocks (never scanning undefined addresses) and maps them to the normalized reading in
 pure functions, so the decoding is testable without a bus. Read-only: no write function is used.
+pymodbus (and the asyncio it brings, ~4 MB resident) is imported only when a Modbus charger is
+opened: a site with VE.Direct or a BMS only does not pay for it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-
-from pymodbus.client import ModbusSerialClient
-from pymodbus.exceptions import ModbusException
+from typing import TYPE_CHECKING
 
 from edgeagent.power.poller import PollError
 from edgeagent.power.reading import Reading
+
+if TYPE_CHECKING:
+    from pymodbus.client import ModbusSerialClient
 
 Registers = Sequence[int]
 
@@ -172,13 +175,18 @@ class ModbusCharger:
         self.device_id: str | None = None
         self.product: str | None = None
         self._identified = False
-        self.client = ModbusSerialClient(port, baudrate=baud or default_baud, timeout=timeout_s,
-                                         retries=retries, reconnect_delay=0)
+        from pymodbus.client import ModbusSerialClient
+
+        self.client: ModbusSerialClient = ModbusSerialClient(
+            port, baudrate=baud or default_baud, timeout=timeout_s, retries=retries,
+            reconnect_delay=0)
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]  # pymodbus leaves it untyped
 
     def _read_block(self, address: int, count: int) -> list[int]:
+        from pymodbus.exceptions import ModbusException
+
         read = (self.client.read_input_registers if self.function == 4
                 else self.client.read_holding_registers)
         try:
