@@ -11,6 +11,12 @@ at the default intervals (governor tick 5 s, telemetry every 10 s):
 - work: the battery full, the governor runs its workers flat out on the bundled model: peak and
   last VmRSS over ``--work-s``, and the threads.
 Goals (issue 7): RSS <= 80 MB with onnxruntime loaded, idle CPU <= 1 % of one core.
+
+Under qemu-user (``scripts/aarch64-check --resources``), VmRSS is the emulator's: its translated
+code and its own heap included. With ``QEMU_GUEST_BASE`` and ``QEMU_RESERVED_VA`` set, every guest
+mapping lies in that one host window, so RSS is then the sum of ``/proc/PID/smaps`` Rss inside it:
+the pages the aarch64 program itself touched (its libraries' aarch64 code, its heap, its
+stacks). CPU under emulation says nothing about a board and is reported as such.
 """
 
 from __future__ import annotations
@@ -66,8 +72,26 @@ def status(pid: int) -> dict[str, str]:
                 Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
 
 
+def guest_window() -> tuple[int, int] | None:
+    """The host address range of a qemu-user guest, when it was fixed by the environment."""
+    base, size = os.environ.get("QEMU_GUEST_BASE"), os.environ.get("QEMU_RESERVED_VA")
+    return (int(base, 0), int(base, 0) + int(size, 0)) if base and size else None
+
+
 def rss_mb(pid: int) -> float:
-    return int(status(pid)["VmRSS"].split()[0]) / 1024
+    window = guest_window()
+    if window is None:
+        return int(status(pid)["VmRSS"].split()[0]) / 1024
+    low, high = window
+    kib, inside = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0]
+        if not head.endswith(":"):  # a mapping's header line: "start-end perms offset ..."
+            start, end = (int(a, 16) for a in head.split("-"))
+            inside = low <= start and end <= high
+        elif inside and head == "Rss:":
+            kib += int(line.split()[1])
+    return kib / 1024
 
 
 def cpu_s(pid: int) -> float:
@@ -151,17 +175,21 @@ def main() -> int:
     broker.directory.mkdir()
     broker.start()
     try:
-        result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                             f"Python {platform.python_version()}",
-                  "idle": measure_idle(workdir, broker, args.warmup_s, args.idle_s),
-                  "work": measure_work(workdir, broker, args.warmup_s, args.work_s)}
+        result: dict[str, Any] = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                       f"Python {platform.python_version()}",
+            "rss": ("VmRSS" if guest_window() is None else
+                    "qemu-user guest: smaps Rss inside QEMU_GUEST_BASE + QEMU_RESERVED_VA;"
+                    " CPU figures are the emulator's"),
+            "idle": measure_idle(workdir, broker, args.warmup_s, args.idle_s),
+            "work": measure_work(workdir, broker, args.warmup_s, args.work_s)}
     finally:
         broker.stop()
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         idle, work = result["idle"], result["work"]
-        print(f"machine: {result['machine']}")
+        print(f"machine: {result['machine']}; RSS is {result['rss']}")
         print(f"idle (level 0, tick 5 s, telemetry 10 s): RSS {idle['rss_mb']} MB, CPU "
               f"{idle['cpu_pct_of_one_core']} % of one core ({idle['cpu_s']} s in "
               f"{idle['wall_s']} s), {idle['threads']} threads")
