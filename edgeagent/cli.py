@@ -11,6 +11,7 @@ from pathlib import Path
 from edgeagent import __version__
 
 EXIT_INVALID = 2
+PASSWORD_ENV = "EDGEAGENT_MQTT_PASSWORD"  # edgeagent fleet's password, when not in a file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--window", type=float, default=15.0, metavar="S",
                        help="seconds of listening before a snapshot (default 15: more than "
                             "the default telemetry interval)")
+    fleet.add_argument("--username", metavar="NAME", help="the broker user name")
+    fleet.add_argument("--password-file", type=Path, metavar="FILE",
+                       help="file holding the broker password (trailing newline ignored); or "
+                            f"the environment variable {PASSWORD_ENV}; never an option: it "
+                            "would show in ps")
+    fleet.add_argument("--ca-file", type=Path, metavar="FILE",
+                       help="mqtts://: CA that signed the broker's certificate (default: the "
+                            "system's CA store)")
+    fleet.add_argument("--cert-file", type=Path, metavar="FILE",
+                       help="mqtts://: client certificate (PEM), for mutual TLS")
+    fleet.add_argument("--key-file", type=Path, metavar="FILE",
+                       help="mqtts://: client key (PEM; default: inside --cert-file)")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -206,6 +219,36 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    """The options become a ``[telemetry]`` section, validated as the agent's own config is:
+    a problem is named by its field there (``telemetry.tls.key_file: ...``)."""
+    from pydantic import ValidationError
+
+    from edgeagent.config import TelemetryConfig, field_errors
+    from edgeagent.telemetry.fleet import run_fleet
+
+    if args.window <= 0:
+        print("edgeagent fleet: --window must be positive", file=sys.stderr)
+        return EXIT_INVALID
+    if args.password_file is not None and args.username is None:
+        print("edgeagent fleet: --password-file needs --username", file=sys.stderr)
+        return EXIT_INVALID
+    tls = {name: path for name, path in (("ca_file", args.ca_file),
+                                         ("cert_file", args.cert_file),
+                                         ("key_file", args.key_file)) if path is not None}
+    password = os.environ.get(PASSWORD_ENV) if args.password_file is None else None
+    try:  # one dict, so that a TLS option's error carries its whole path
+        telemetry = TelemetryConfig.model_validate({
+            "broker": args.broker, "topic_root": args.root, "username": args.username,
+            "password": password if args.username is not None else None,
+            "password_file": args.password_file, "tls": tls or None})
+    except ValidationError as exc:
+        for field, message, _ in field_errors(exc):
+            print(f"edgeagent fleet: telemetry.{field}: {message}", file=sys.stderr)
+        return EXIT_INVALID
+    return run_fleet(telemetry, once=args.once, as_json=args.json, window_s=args.window)
+
+
 def _config_check(path: Path) -> int:
     from edgeagent.config import ConfigError, load_config
 
@@ -243,19 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     state_dir=args.state_dir, charger=args.charger,
                                     monitor=args.monitor))
     if args.command == "fleet":
-        from edgeagent.telemetry.address import BrokerAddress
-        from edgeagent.telemetry.fleet import run_fleet
-
-        if args.window <= 0:
-            print("edgeagent fleet: --window must be positive", file=sys.stderr)
-            return EXIT_INVALID
-        try:
-            BrokerAddress.parse(args.broker)
-        except ValueError as exc:
-            print(f"edgeagent fleet: --broker {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        return run_fleet(args.broker, args.root, once=args.once, as_json=args.json,
-                         window_s=args.window)
+        return _fleet(args)
     if args.command == "run":
         from edgeagent.config import ConfigError, load_config
         from edgeagent.service import run_service

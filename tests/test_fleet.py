@@ -1,17 +1,25 @@
 """`edgeagent fleet`: one row per node seen on the broker, with the seq gaps the viewer saw
-and the drops the node reported."""
+and the drops the node reported; over mutual TLS or with a password, and a refusal said in one
+line."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from broker_auth import Pki, TlsBroker, add_tls_listener, issue, make_pki, password_file
 from conftest import Broker, edgeagent_command
+from edgeagent.cli import EXIT_INVALID, PASSWORD_ENV, main
+from edgeagent.config import TlsConfig
 from edgeagent.telemetry.fleet import FleetView, SeqRanges, render
+from edgeagent.telemetry.tls import client_context
 
 T0 = 1_790_000_000.0
 
@@ -111,3 +119,132 @@ def test_a_node_publishing_nonsense_is_shown_as_unknown_not_a_crash() -> None:
     assert row["telemetry"] == 5 and row["pv_w"] is None
     assert row["dropped"] is None and row["lost"] is None
     render(view.snapshot(2.0))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_broker(broker: Broker, pki: Pki, tmp_path: Path) -> TlsBroker:
+    """Mutual TLS only for the nodes and the operator: a node writes its own topics, the
+    operator (CN of its certificate) reads everything."""
+    acl = tmp_path / "acl"
+    acl.write_text("user s1-n1\ntopic readwrite edgeagent/s1/n1/#\n"
+                   "user operator\ntopic read edgeagent/#\n")
+    return add_tls_listener(broker, pki, acl)
+
+
+def _node(port: int, *, tls: TlsConfig | None = None, username: str | None = None,
+          password: str | None = None) -> mqtt.Client:
+    """A node's client, publishing as s1/n1 once the broker accepts it."""
+    node = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if tls is not None:
+        node.tls_set_context(client_context(tls))
+    if username is not None:
+        node.username_pw_set(username, password)
+    node.connect("localhost" if tls is not None else "127.0.0.1", port)
+    node.loop_start()
+    return node
+
+
+def _watch_once(node: mqtt.Client, url: str, options: list[str],
+                env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """``edgeagent fleet --once --json`` while ``node`` says it is online and sends two
+    telemetry messages: the rows it prints."""
+    node.publish("edgeagent/s1/n1/status", json.dumps({"state": "online"}), qos=1,
+                 retain=True).wait_for_publish(10)
+    viewer = subprocess.Popen([*edgeagent_command(), "fleet", "--broker", url, "--once",
+                               "--json", "--window", "4", *options],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert viewer.stderr is not None
+        watching = viewer.stderr.readline()
+        assert "watching edgeagent/+/+" in watching, watching + viewer.stderr.read()
+        for seq in (0, 1):
+            node.publish("edgeagent/s1/n1/telemetry",
+                         json.dumps(telemetry(seq, soc=70.0, pv=5.0)), qos=1)
+        out, err = viewer.communicate(timeout=60)
+    finally:
+        viewer.kill()
+        viewer.wait()
+    assert viewer.returncode == 0, err
+    rows: list[dict[str, Any]] = json.loads(out)
+    return rows
+
+
+def _refused(url: str, options: list[str], env: dict[str, str] | None = None) -> str:
+    """What ``edgeagent fleet --once`` says when the broker will not have it: exit 1 and one
+    line, long before its window ends (no hang, no retries)."""
+    viewer = subprocess.run([*edgeagent_command(), "fleet", "--broker", url, "--once",
+                             "--window", "600", *options],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert viewer.returncode == 1, viewer.stderr
+    assert viewer.stdout == "" and len(viewer.stderr.splitlines()) == 1, viewer.stderr
+    return viewer.stderr.strip()
+
+
+def test_fleet_over_mutual_tls_shows_a_node_publishing_there(tls_broker: TlsBroker,
+                                                             pki: Pki) -> None:
+    operator = issue(pki.directory, (pki.ca, pki.ca_key), "operator", "operator")
+    node = _node(tls_broker.port, tls=TlsConfig(ca_file=pki.ca, cert_file=pki.client_cert,
+                                                key_file=pki.client_key))
+    try:
+        rows = _watch_once(node, tls_broker.url, ["--ca-file", str(pki.ca), "--cert-file",
+                                                  str(operator[0]), "--key-file",
+                                                  str(operator[1])])
+    finally:
+        node.loop_stop()
+        node.disconnect()
+    (row,) = rows
+    assert (row["site"], row["node"], row["online"]) == ("s1", "n1", True)
+    assert row["telemetry"] == 2 and row["soc_pct"] == 70.0 and row["seq_gaps"] == 0
+
+
+def test_fleet_without_a_client_certificate_is_refused_in_one_line(tls_broker: TlsBroker,
+                                                                   pki: Pki) -> None:
+    said = _refused(tls_broker.url, ["--ca-file", str(pki.ca)])
+    assert said == (f"edgeagent fleet: {tls_broker.url} refused the connection: "
+                    "tls: certificate required")
+
+
+def test_fleet_with_a_password_file_or_a_wrong_password(broker: Broker, tmp_path: Path) -> None:
+    passwords = password_file(tmp_path / "passwd", {"n1": "node-pw", "operator": "right"})
+    broker.stop()
+    broker.extra_config = [f"password_file {passwords}", "allow_anonymous false"]
+    broker.start()
+    secret = tmp_path / "secret"
+    secret.write_text("right\n")
+    node = _node(broker.port, username="n1", password="node-pw")
+    try:
+        rows = _watch_once(node, broker.url, ["--username", "operator", "--password-file",
+                                              str(secret)])
+    finally:
+        node.loop_stop()
+        node.disconnect()
+    assert [(r["site"], r["node"], r["telemetry"]) for r in rows] == [("s1", "n1", 2)]
+    said = _refused(broker.url, ["--username", "operator"],
+                    env={**os.environ, PASSWORD_ENV: "wrong"})
+    assert said == (f"edgeagent fleet: {broker.url} refused the connection: "
+                    "not authorized (0x87)")
+    # Without credentials at all: anonymous is not allowed either.
+    assert "not authorized" in _refused(broker.url, [])
+
+
+def test_fleet_names_the_option_field_that_is_wrong(tmp_path: Path, pki: Pki,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.pem"
+    cases = [
+        (["--key-file", str(pki.client_key)], "telemetry.tls.key_file: a key_file needs its "
+                                              "cert_file"),
+        (["--ca-file", str(missing)], f"telemetry.tls.ca_file: no file at {missing}"),
+    ]
+    for options, message in cases:
+        assert main(["fleet", "--broker", "mqtts://localhost:1", *options]) == EXIT_INVALID
+        assert capsys.readouterr().err == f"edgeagent fleet: {message}\n"
+    assert main(["fleet", "--broker", "mqtt://localhost:1", "--ca-file", str(pki.ca)]) \
+        == EXIT_INVALID
+    assert capsys.readouterr().err == ("edgeagent fleet: telemetry.tls: TLS settings need an "
+                                       "mqtts:// broker, not 'mqtt://localhost:1'\n")

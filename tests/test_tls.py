@@ -7,72 +7,23 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Broker, _free_port, edgeagent_command, retained
+from broker_auth import Pki, TlsBroker, add_tls_listener, make_pki
+from conftest import Broker, edgeagent_command, retained
 from edgeagent.config import ConfigError, TlsConfig, parse_config
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
 
 TOPICS = Topics("edgeagent", "s1", "n1")
-EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    _openssl("req", "-x509", *EC_KEY, "-keyout", key, "-out", cert, "-days", "2",
-             "-subj", f"/CN={name}")
-    return cert, key
-
-
-def _issue(directory: Path, ca: tuple[Path, Path], name: str, cn: str,
-           san: str | None = None) -> tuple[Path, Path]:
-    cert, key, csr = (directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
-    _openssl("req", *EC_KEY, "-keyout", key, "-out", csr, "-subj", f"/CN={cn}")
-    extra: list[str | Path] = []
-    if san is not None:
-        (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        extra = ["-extfile", directory / f"{name}.ext"]
-    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-             "-out", cert, "-days", "2", *extra)
-    return cert, key
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    client_cert: Path  # CN = s1-n1, the broker's user name for it
-    client_key: Path
-    stranger_cert: Path  # signed by a CA the broker does not trust
-    stranger_key: Path
-    other_ca: Path
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca, other = _make_ca(d, "ca"), _make_ca(d, "other-ca")
-    _issue(d, ca, "server", "localhost", "DNS:localhost,IP:127.0.0.1")
-    client, stranger = _issue(d, ca, "client", "s1-n1"), _issue(d, other, "stranger", "s1-n1")
-    return Pki(ca[0], *client, *stranger, other[0])
-
-
-@dataclass(frozen=True)
-class TlsBroker:
-    broker: Broker  # its plain listener serves the tests' own subscribers
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://localhost:{self.port}"
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -84,17 +35,7 @@ def tls_broker(broker: Broker, pki: Pki, tmp_path: Path) -> TlsBroker:
                    "user s1-n1\n"
                    "topic deny edgeagent/s1/n1/events\n"
                    "topic readwrite edgeagent/s1/n1/#\n")
-    d = pki.ca.parent
-    port = _free_port()
-    broker.stop()
-    broker.extra_config = [
-        f"acl_file {acl}",
-        f"listener {port} 127.0.0.1",
-        f"cafile {pki.ca}", f"certfile {d / 'server.crt'}", f"keyfile {d / 'server.key'}",
-        "require_certificate true", "use_identity_as_username true",
-    ]
-    broker.start()
-    return TlsBroker(broker, port)
+    return add_tls_listener(broker, pki, acl)
 
 
 def _link(broker: TlsBroker, tls: TlsConfig) -> MqttLink:

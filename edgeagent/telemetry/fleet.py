@@ -16,6 +16,7 @@ import bisect
 import json
 import math
 import queue
+import ssl
 import sys
 import time
 from collections import deque
@@ -24,8 +25,13 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from edgeagent.config import TelemetryConfig
 from edgeagent.telemetry.address import BrokerAddress
+from edgeagent.telemetry.mqtt import AttemptClient, reason_text
+from edgeagent.telemetry.tls import client_context, tls_failure
 
 RATE_WINDOW_S = 3600.0
 MAX_SEQ_RANGES = 1024  # per node
@@ -213,29 +219,93 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_fleet(broker: str, root: str, *, once: bool, as_json: bool, window_s: float,
-              out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Watch the broker; ``once``: print one snapshot after ``window_s`` and exit."""
-    address = BrokerAddress.parse(broker)
-    view = FleetView(root)
-    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                         transport=address.transport)  # type: ignore[arg-type]
-    if address.tls:
-        client.tls_set()
+@dataclass
+class _Connection:
+    """What paho's thread learned about the connection (its callbacks write it)."""
 
-    def on_connect(c: mqtt.Client, *args: Any) -> None:
+    connected: bool = False
+    was_connected: bool = False  # then a failed reconnect is paho's to retry, not an exit
+    refusal: str | None = None  # from the CONNACK, or a TLS alert seen in paho's log
+
+
+def _client(config: TelemetryConfig, address: BrokerAddress) -> AttemptClient:
+    """A paho client with the TLS and the credentials of ``config``, applied as the agent's
+    MQTT link applies them. Raises ``OSError`` (``ssl.SSLError`` too) for a file it cannot
+    load."""
+    client = AttemptClient(CallbackAPIVersion.VERSION2,
+                     protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311,
+                     transport=address.transport)  # type: ignore[arg-type]
+    if address.tls:
+        client.tls_set_context(client_context(config.tls))
+        if config.tls is not None and config.tls.insecure:
+            client.tls_insecure_set(True)
+    if config.username is not None:
+        client.username_pw_set(config.username, config.broker_password())
+    return client
+
+
+def run_fleet(config: TelemetryConfig, *, once: bool, as_json: bool, window_s: float,
+              out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Watch ``config.broker`` under ``config.topic_root``, with the config's credentials and
+    TLS; ``once``: print one snapshot after ``window_s`` and exit.
+
+    Returns 0 when done (or interrupted), 1 when the broker cannot be reached or refuses the
+    connection (bad credentials, a TLS handshake one side rejects: said in one line on ``err``
+    and not retried), 2 when the password or TLS files cannot be loaded."""
+    if config.broker is None:
+        raise ValueError("run_fleet needs a broker")
+    broker, root = config.broker, config.topic_root
+    address = BrokerAddress.parse(broker)
+    try:
+        client = _client(config, address)
+    except OSError as exc:  # validated files that are unreadable, or not a key and certificate
+        what = "TLS files" if isinstance(exc, ssl.SSLError) else "password_file"
+        print(f"edgeagent fleet: cannot load the {what}: {exc}", file=err)
+        return 2
+    view = FleetView(root)
+    # (kind, text, payload): message (topic), suback, lost, refused, unreachable (why)
+    events: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+    link = _Connection()
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
+                   reason_code: ReasonCode, properties: Properties | None) -> None:
+        if reason_code.is_failure:  # the broker closes the connection next
+            link.refusal = reason_text(reason_code)
+            return
+        link.connected = link.was_connected = True
         for topic_filter in view.filters:
             c.subscribe(topic_filter, qos=1)
 
+    def on_disconnect(c: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                      reason_code: ReasonCode, properties: Properties | None) -> None:
+        if link.connected:
+            link.connected = False
+            events.put(("lost", reason_text(reason_code), b""))
+        else:
+            events.put(("refused", link.refusal
+                        or "closed by the broker before it accepted the connection", b""))
+
+    def on_connect_fail(c: mqtt.Client, userdata: Any) -> None:
+        error = client.attempt_error
+        if not link.was_connected:
+            reason = tls_failure(error) if isinstance(error, ssl.SSLError) else None
+            events.put(("unreachable", reason or str(error), b""))
+
+    def on_log(c: mqtt.Client, userdata: Any, level: int, message: str) -> None:
+        """A TLS alert after the handshake (no client certificate, one the broker does not
+        trust) reaches us only as paho's log line of the failed read."""
+        if level == mqtt.MQTT_LOG_ERR and not link.connected and link.refusal is None:
+            link.refusal = tls_failure(message)
+
     client.on_connect = on_connect
-    client.on_subscribe = lambda *args: inbox.put(("", b""))  # marks a SUBACK
-    client.on_message = lambda c, u, msg: inbox.put((msg.topic, bytes(msg.payload)))
-    try:
-        client.connect(address.host, address.port, 30)
-    except OSError as exc:
-        print(f"edgeagent fleet: cannot connect to {broker}: {exc}", file=err)
-        return 1
+    client.on_disconnect = on_disconnect
+    client.on_connect_fail = on_connect_fail
+    client.on_log = on_log
+    client.on_subscribe = lambda *args: events.put(("suback", "", b""))
+    client.on_message = lambda c, u, msg: events.put(("message", msg.topic, bytes(msg.payload)))
+    # From paho's thread, as the agent's link does: a TLS alert after the handshake is read
+    # there, whereas connect() would write CONNECT at once and see a bare EOF.
+    client.connect_async(address.host, address.port, config.keepalive_s)
     client.loop_start()
     live = not once and out.isatty()
     start = time.monotonic()
@@ -244,19 +314,34 @@ def run_fleet(broker: str, root: str, *, once: bool, as_json: bool, window_s: fl
     try:
         while True:
             try:
-                topic, payload = inbox.get(timeout=0.1)
-                if topic:
-                    view.observe(topic, payload, time.monotonic())
-                else:
+                kind, text, payload = events.get(timeout=0.1)
+                if kind == "message":
+                    view.observe(text, payload, time.monotonic())
+                elif kind == "suback":
                     subacks += 1
                     if subacks == len(view.filters):
                         print(f"edgeagent fleet: watching {root}/+/+ on {broker}", file=err,
                               flush=True)
+                elif kind == "refused":  # paho would retry: we say why once and stop
+                    print(f"edgeagent fleet: {broker} refused the connection: {text}",
+                          file=err, flush=True)
+                    return 1
+                elif kind == "unreachable":
+                    print(f"edgeagent fleet: cannot connect to {broker}: {text}", file=err,
+                          flush=True)
+                    return 1
+                else:
+                    print(f"edgeagent fleet: connection to {broker} lost: {text}; "
+                          "reconnecting", file=err, flush=True)
             except queue.Empty:
                 pass
             now = time.monotonic()
             if now < next_draw:
                 continue
+            if once and not link.was_connected:  # a broker that never answers: no hang
+                print(f"edgeagent fleet: {broker} did not accept the connection within "
+                      f"{window_s:g} s", file=err, flush=True)
+                return 1
             rows = view.snapshot(now)
             text = json.dumps(rows) if as_json else render(rows)
             if live:

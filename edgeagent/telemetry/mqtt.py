@@ -147,7 +147,7 @@ class _Subscription:
         return f"$share/{self.share_group}/{self.topic_filter}"
 
 
-class _Client(mqtt.Client):
+class AttemptClient(mqtt.Client):
     """paho's client, keeping why the last connection attempt failed: its threaded loop
     swallows that error and calls ``on_connect_fail`` without it."""
 
@@ -218,7 +218,7 @@ class MqttLink:
         self._retired: dict[str, _Subscription] = {}
         self.handler_errors = 0
         self.last_handler_error: str | None = None
-        self.client = _Client(
+        self.client = AttemptClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgeagent-{topics.site}-{topics.node}",
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
@@ -277,7 +277,7 @@ class MqttLink:
         attempt = self._attempt
         assert attempt is not None
         if reason_code.is_failure:
-            attempt.refusal = f"refused: {_reason(reason_code)}"
+            attempt.refusal = f"refused: {reason_text(reason_code)}"
         else:
             attempt.connected = True
             self._delay = None
@@ -290,7 +290,7 @@ class MqttLink:
             self._events.put(("disconnected", None))
             return
         if attempt is not None and attempt.connected:
-            down = ("disconnected", f"connection lost: {_reason(reason_code)}")
+            down = ("disconnected", f"connection lost: {reason_text(reason_code)}")
         elif attempt is not None and attempt.refusal is not None:
             down = ("refused", attempt.refusal)
         else:
@@ -321,7 +321,8 @@ class MqttLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
                     reason_code: ReasonCode, properties: Properties | None) -> None:
-        self._events.put(("ack", (mid, _reason(reason_code) if reason_code.is_failure else None)))
+        refused = reason_text(reason_code) if reason_code.is_failure else None
+        self._events.put(("ack", (mid, refused)))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
@@ -573,6 +574,6 @@ def _publishable(topic: str) -> bool:
     return not any(c in topic for c in "+#\0") and len(topic.encode()) <= 65535
 
 
-def _reason(code: ReasonCode) -> str:
+def reason_text(code: ReasonCode) -> str:
     """``not authorized (0x87)``: a reason code as the logs and telemetry say it."""
     return f"{code.getName().lower()} (0x{code.value:02X})"
