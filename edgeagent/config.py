@@ -462,6 +462,19 @@ class Config(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _planned_sleeps_are_taken(self) -> Config:
+        """The governor plans no sleep shorter than its ``min_sleep_s``; the actuator refuses
+        one shorter than its ``sleep_min_s``: plans the actuator would always refuse are a
+        misconfiguration, not a run-time surprise."""
+        if (self.governor.allow_sleep and self.actuators.sleep
+                and self.governor.min_sleep_s < self.actuators.sleep_min_s):
+            raise ValueError(
+                f"actuators.sleep_min_s: {self.actuators.sleep_min_s:g} s is above "
+                f"governor.min_sleep_s ({self.governor.min_sleep_s:g} s): the governor would "
+                "plan sleeps this actuator refuses; lower it or raise governor.min_sleep_s")
+        return self
+
 
 @dataclass(frozen=True)
 class ConfigIssue:

@@ -366,6 +366,16 @@ def test_config_keys_and_defaults() -> None:
         assert caught.value.issues[0].path.startswith("actuators"), caught.value.issues
 
 
+def test_a_governor_planning_sleeps_the_actuator_would_refuse_is_a_config_error() -> None:
+    on = "[governor]\nallow_sleep = true\nmin_sleep_s = 900\n[actuators]\nsleep = true\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(on)  # the actuator's default sleep_min_s is 1200 s
+    issue = caught.value.issues[0]
+    assert issue.path == "actuators.sleep_min_s" and "governor.min_sleep_s" in issue.message
+    assert parse_config(on + "sleep_min_s = 900\n").actuators.sleep_min_s == 900
+    assert not parse_config(on.replace("sleep = true", "sleep = false")).actuators.sleep
+
+
 def test_build_actuators_puts_sleep_last(tmp_path: Path) -> None:
     alarm = rtc_tree(tmp_path)
     events: list[tuple[str, ...]] = []
