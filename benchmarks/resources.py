@@ -29,42 +29,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import tty
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Broker, _free_port, _mosquitto_binary, edgeagent_command  # noqa: E402
-from edgeagent.power.vedirect import encode_block  # noqa: E402
+from conftest import Broker, edgeagent_command, free_port, mosquitto_binary  # noqa: E402
+from edgeagent.sim.emulator import VEDirectEmulator  # noqa: E402
+from emulated_devices import smartshunt  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Shunt:
-    """A SmartShunt at ``soc_pct`` on a pty: its two blocks once a second."""
-
-    def __init__(self, soc_pct: float) -> None:
-        self.blocks = encode_block([
-            ("PID", "0xA389"), ("V", "13200"), ("I", "-500"), ("P", "-7"),
-            ("SOC", str(round(soc_pct * 10))), ("FW", "0405")]) + encode_block([("H4", "3")])
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.port = os.ttyname(self.slave)
-        self._stop = threading.Event()
-        threading.Thread(target=self._send, daemon=True).start()
-
-    def _send(self) -> None:
-        while not self._stop.wait(1.0):
-            os.write(self.master, self.blocks)
-
-    def close(self) -> None:
-        self._stop.set()
-        os.close(self.master)
-        os.close(self.slave)
 
 
 def status(pid: int) -> dict[str, str]:
@@ -99,9 +75,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def start_agent(workdir: Path, broker: Broker, soc_pct: float) -> tuple[subprocess.Popen[bytes],
-                                                                         Shunt]:
-    shunt = Shunt(soc_pct)
+def start_agent(workdir: Path, broker: Broker,
+                soc_pct: float) -> tuple[subprocess.Popen[bytes], VEDirectEmulator]:
+    """The service on a SmartShunt at ``soc_pct`` (13.2 V, -0.5 A, 3 cycles): its two blocks
+    once a second, as a real one sends."""
+    shunt = smartshunt(soc_pct, volts=13.2, amps=-0.5, cycles=3, interval_s=1.0)
     state = workdir / f"state-{soc_pct:.0f}"
     config = workdir / f"agent-{soc_pct:.0f}.toml"
     config.write_text(f"""
@@ -121,14 +99,14 @@ outbox_path = "{state / 'outbox.db'}"
     return proc, shunt
 
 
-def stop_agent(proc: subprocess.Popen[bytes], shunt: Shunt) -> None:
+def stop_agent(proc: subprocess.Popen[bytes], shunt: VEDirectEmulator) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    shunt.close()
+    shunt.stop()
 
 
 def measure_idle(workdir: Path, broker: Broker, warmup_s: float, idle_s: float
@@ -171,7 +149,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="edgeagent-resources-"))
-    broker = Broker(workdir / "broker", _free_port(), _mosquitto_binary())
+    broker = Broker(workdir / "broker", free_port(), mosquitto_binary())
     broker.directory.mkdir()
     broker.start()
     try:

@@ -51,7 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Broker, _free_port, _mosquitto_binary, edgeagent_command  # noqa: E402
+from conftest import Broker, edgeagent_command, free_port, mosquitto_binary  # noqa: E402
 from edgeagent.boards import load_board  # noqa: E402
 from edgeagent.sim.battery import Battery  # noqa: E402
 from edgeagent.sim.emulator import SiteEmulator  # noqa: E402
@@ -405,7 +405,7 @@ def main() -> int:
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="edgeagent-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Broker(workdir / "broker", _free_port(), _mosquitto_binary())
+    broker = Broker(workdir / "broker", free_port(), mosquitto_binary())
     broker.directory.mkdir(exist_ok=True)
     broker.start()
     stop = threading.Event()  # SIGTERM or SIGINT: end early, still check and summarise

@@ -1,15 +1,13 @@
-"""A running ``edgeagent run`` on an emulated SmartShunt, and an MQTT v5 requester: what the
-command and remote-config tests talk to."""
+"""A running ``edgeagent run`` on an emulated SmartShunt (``emulated_devices.smartshunt(90.0)``),
+and an MQTT v5 requester: what the command and remote-config tests talk to."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
 import time
-import tty
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -23,31 +21,8 @@ from paho.mqtt.properties import Properties
 
 from conftest import Broker, edgeagent_command
 from edgeagent.infer import load_bundled_samples
-from edgeagent.power.vedirect import encode_block
 
-SHUNT = encode_block([("PID", "0xA389"), ("V", "13200"), ("I", "2000"), ("SOC", "900"),
-                      ("FW", "0405")])
 CMD = "edgeagent/s1/n1/cmd"
-
-
-class Shunt:
-    """A SmartShunt at 90 % on a pseudo-terminal, a block every 100 ms."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        self.port = os.ttyname(self.slave)
-        self._stop = threading.Event()
-        threading.Thread(target=self._send, daemon=True).start()
-
-    def _send(self) -> None:
-        while not self._stop.wait(0.1):
-            os.write(self.master, SHUNT)
-
-    def close(self) -> None:
-        self._stop.set()
-        os.close(self.master)
-        os.close(self.slave)
 
 
 def write_config(path: Path, broker: Broker, port: str, *, extra: str = "",
@@ -163,7 +138,7 @@ class Agent:
 
     def ready(self, requester: Requester, timeout: float = 60.0,
               sign: Callable[[bytes], list[tuple[str, str]]] | None = None) -> None:
-        """Answering commands (signed by ``sign``) with fresh power data."""
+        """Answering commands (signed by ``sign``) with fresh power data: the shunt's 90 %."""
         deadline = time.monotonic() + timeout
         request = b'{"cmd": "status"}'
         while True:

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import Broker, _free_port
+from conftest import Broker, free_port
 
 EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
@@ -77,7 +77,7 @@ class TlsBroker:
 def add_tls_listener(broker: Broker, pki: Pki, acl: Path) -> TlsBroker:
     """Restart ``broker`` with a TLS listener that wants a client certificate signed by the
     PKI's CA, whose CN is the user name ``acl`` knows."""
-    port = _free_port()
+    port = free_port()
     broker.stop()
     broker.extra_config = [
         f"acl_file {acl}",

@@ -27,7 +27,8 @@ def edgeagent_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "edgeagent"]
 
 
-def _mosquitto_binary() -> str:
+def mosquitto_binary() -> str:
+    """Mosquitto on the PATH or in /usr/sbin; the test fails saying how to install it."""
     found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                           if Path("/usr/sbin/mosquitto").exists() else None)
     if found is None:
@@ -36,7 +37,8 @@ def _mosquitto_binary() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -87,7 +89,7 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker", _free_port(), _mosquitto_binary())
+    b = Broker(tmp_path / "broker", free_port(), mosquitto_binary())
     b.directory.mkdir()
     b.start()
     yield b

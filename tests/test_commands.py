@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent_site import Agent, Requester, Shunt, write_config
-from conftest import Broker, Subscriber, _free_port, _mosquitto_binary
+from agent_site import Agent, Requester, write_config
+from conftest import Broker, Subscriber, free_port, mosquitto_binary
 from edgeagent.telemetry.signing import sign
+from emulated_devices import smartshunt
 
 TELEMETRY = "edgeagent/s1/n1/telemetry"
 
@@ -31,10 +32,10 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One agent for the module: each test leaves it as it found it."""
     tmp = tmp_path_factory.mktemp("site")
-    broker = Broker(tmp / "broker", _free_port(), _mosquitto_binary())
+    broker = Broker(tmp / "broker", free_port(), mosquitto_binary())
     broker.directory.mkdir()
     broker.start()
-    shunt = Shunt()
+    shunt = smartshunt(90.0)
     config = tmp / "edgeagent.toml"
     write_config(config, broker, shunt.port)
     agent = Agent(config)
@@ -45,7 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         requester.close()
         assert agent.stop() == 0
-        shunt.close()
+        shunt.stop()
         broker.stop()
 
 
@@ -209,7 +210,7 @@ def test_a_request_without_a_response_topic_is_answered_on_cmd_reply(site: Site)
 def test_signed_commands_when_a_key_is_configured(broker: Broker, tmp_path: Path) -> None:
     key = b"0123456789abcdef-a-shared-secret"
     (tmp_path / "cmd.key").write_bytes(key + b"\n")
-    shunt = Shunt()
+    shunt = smartshunt(90.0)
     config = tmp_path / "edgeagent.toml"
     write_config(config, broker, shunt.port, extra='command_hmac_key_file = "cmd.key"')
     agent = Agent(config)
@@ -240,7 +241,7 @@ def test_signed_commands_when_a_key_is_configured(broker: Broker, tmp_path: Path
     finally:
         requester.close()
         assert agent.stop() == 0
-        shunt.close()
+        shunt.stop()
 
 
 def test_a_signature_that_is_not_ascii_is_refused_not_raised() -> None:

@@ -4,12 +4,9 @@ before acknowledging it, hand back what they cannot take, and publish every resu
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import threading
 import time
-import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -28,8 +25,8 @@ from edgeagent.config import BatteryConfig, ConfigError, GovernorConfig, parse_c
 from edgeagent.governor.decision import Decision
 from edgeagent.infer import DigitsClassifier, load_bundled_samples
 from edgeagent.power.reader import SerialReader
-from edgeagent.power.vedirect import encode_block
 from edgeagent.sim.battery import Battery as SimBattery
+from edgeagent.sim.device import DeviceState
 from edgeagent.sim.emulator import SiteEmulator
 from edgeagent.sim.solar import SolarTrace, hour_of_year
 from edgeagent.state import SiteState
@@ -39,6 +36,7 @@ from edgeagent.workloads.desk import JobDesk
 from edgeagent.workloads.fleet_jobs import FleetJob, FleetJobs, Ledger, inline_input
 from edgeagent.workloads.jobs import JobQueue
 from edgeagent.workloads.pool import WorkerPool
+from emulated_devices import vedirect
 
 BOARD = load_board("raspberry-pi-4")
 SPARE = Decision(1, 3.7, "full in daylight", level=1.0,
@@ -352,25 +350,14 @@ def test_three_sites_share_one_job_stream_by_their_sun(
     assert by_site["north"] + by_site["south"] == 30
 
 
-SHUNT = encode_block([("PID", "0xA389"), ("V", "13600"), ("I", "2000"), ("SOC", "1000")])
-MPPT = encode_block([("PID", "0xA053"), ("V", "13600"), ("I", "2000"), ("VPV", "36000"),
-                     ("PPV", "30"), ("CS", "4"), ("H20", "12")])
+FULL_IN_THE_SUN = DeviceState(battery_voltage_v=13.6, battery_current_a=2.0, soc_pct=100.0,
+                              pv_power_w=30.0, pv_voltage_v=36.0, yield_today_kwh=0.12)
 
 
 def test_the_service_announces_itself_to_home_assistant_and_takes_fleet_jobs(
         broker: Broker, tmp_path: Path, subscriber_factory: Callable[[str], Subscriber]) -> None:
     """``edgeagent run`` with both on: a full battery in the sun takes a job from the fleet."""
-    ptys = [os.openpty() for _ in range(2)]
-    stop = threading.Event()
-
-    def devices() -> None:  # a SmartShunt and a SmartSolar, a block every 100 ms each
-        while not stop.wait(0.1):
-            for (master, _), block in zip(ptys, (SHUNT, MPPT), strict=True):
-                os.write(master, block)
-
-    for _, slave in ptys:
-        tty.setraw(slave)
-    threading.Thread(target=devices, daemon=True).start()
+    shunt, mppt = vedirect("shunt", FULL_IN_THE_SUN), vedirect("mppt", FULL_IN_THE_SUN)
     config = tmp_path / "edgeagent.toml"
     config.write_text(f"""
 [site]
@@ -378,10 +365,10 @@ id = "s1"
 node = "n1"
 [[power.devices]]
 driver = "vedirect"
-port = "{os.ttyname(ptys[0][1])}"
+port = "{shunt.port}"
 [[power.devices]]
 driver = "vedirect"
-port = "{os.ttyname(ptys[1][1])}"
+port = "{mppt.port}"
 [governor]
 tick_s = 0.2
 max_workers = 1
@@ -420,12 +407,10 @@ enabled = true
         assert state is not None and state["battery_soc_pct"] == 100.0
         assert state["pv_power_w"] == 30.0 and state["yield_today_kwh"] == 0.12
     finally:
-        stop.set()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-        for master, slave in ptys:
-            os.close(master)
-            os.close(slave)
+        shunt.stop()
+        mppt.stop()
     assert proc.returncode == 0, err
 
 

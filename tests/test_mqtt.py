@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broker_auth import password_file
 from conftest import Broker, retained
 from edgeagent.config import MqttProtocol, parse_config
 from edgeagent.telemetry.address import BrokerAddress
@@ -33,14 +35,16 @@ from edgeagent.telemetry.session import SessionCounter
 TOPICS = Topics("edgeagent", "s1", "n1")
 
 
-def pump_until(link: MqttLink, box: Outbox, done: Any, timeout: float = 10.0) -> None:
+def pump_until(link: MqttLink, box: Outbox, done: Callable[[], bool],
+               timeout: float = 15.0) -> None:
+    """Pump ``link`` (as the agent's outbox thread does) until ``done()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         link.pump(box)
         if done():
             return
         time.sleep(0.02)
-    raise AssertionError("condition not reached")
+    raise AssertionError(f"condition not reached: {link.report()}")
 
 
 def test_broker_urls() -> None:
@@ -294,9 +298,7 @@ def test_the_session_counter_survives_a_restart(tmp_path: Path) -> None:
 
 
 def _password_broker(broker: Broker, tmp_path: Path) -> None:
-    passwords = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "n1", "right"], check=True,
-                   capture_output=True)
+    passwords = password_file(tmp_path / "passwd", {"n1": "right"})
     broker.stop()
     broker.extra_config = [f"password_file {passwords}"]
     broker.start()

@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_site import Shunt, write_config
+from agent_site import write_config
 from conftest import Broker, Subscriber, edgeagent_command
 from edgeagent.governor.decision import JobClass
 from edgeagent.notify import Heartbeat, Notifier, SignalFlags, StatusLine, Watchdog, alive
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.reader import SerialReader
 from edgeagent.service import workers_check
+from edgeagent.sim.emulator import VEDirectEmulator
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.workloads.jobs import JobQueue, JobSpec
 from edgeagent.workloads.pool import WorkerPool
+from emulated_devices import smartshunt
 
 WATCHDOG_USEC = 3_000_000  # 3 s: pings every 0.75 s, a stuck worker found after 3 s
 
@@ -62,10 +64,10 @@ class FakeSystemd:
 
 
 @pytest.fixture
-def shunt() -> Iterator[Shunt]:
-    device = Shunt()
+def shunt() -> Iterator[VEDirectEmulator]:
+    device = smartshunt(90.0)
     yield device
-    device.close()
+    device.stop()
 
 
 def start_agent(config: Path, notify_socket: str, **env: str) -> subprocess.Popen[str]:
@@ -231,7 +233,7 @@ def test_the_watchdog_pings_while_every_loop_progresses_and_stops_when_one_does_
 # What each loop's check sees, with the real threads.
 
 def test_a_reader_whose_thread_ended_is_a_stuck_loop_and_a_silent_device_is_not(
-        shunt: Shunt) -> None:
+        shunt: VEDirectEmulator) -> None:
     streaming = SerialReader(shunt.port)
     polled = PolledReader(lambda: (_ for _ in ()).throw(OSError("no device")), name="bms",
                           interval_s=0.05)
@@ -283,7 +285,7 @@ def test_the_mqtt_check_follows_pahos_network_thread(broker: Broker) -> None:
 # The service, in a subprocess.
 
 def test_ready_then_status_then_watchdog_and_sigterm_says_stopping_and_offline(
-        tmp_path: Path, broker: Broker, shunt: Shunt) -> None:
+        tmp_path: Path, broker: Broker, shunt: VEDirectEmulator) -> None:
     config = tmp_path / "edgeagent.toml"
     write_config(config, broker, shunt.port)
     systemd = FakeSystemd(str(tmp_path / "notify"))
@@ -314,7 +316,7 @@ def test_ready_then_status_then_watchdog_and_sigterm_says_stopping_and_offline(
 
 
 def test_sighup_reloads_the_config_file_between_reloading_and_ready(
-        tmp_path: Path, broker: Broker, shunt: Shunt) -> None:
+        tmp_path: Path, broker: Broker, shunt: VEDirectEmulator) -> None:
     config = tmp_path / "edgeagent.toml"
     write_config(config, broker, shunt.port)
     systemd = FakeSystemd("\0" + (abstract := f"edgeagent-test-{uuid.uuid4().hex}"))
@@ -337,7 +339,7 @@ def test_sighup_reloads_the_config_file_between_reloading_and_ready(
 
 
 def test_a_stuck_worker_stops_the_watchdog_and_status_says_which(
-        tmp_path: Path, broker: Broker, shunt: Shunt) -> None:
+        tmp_path: Path, broker: Broker, shunt: VEDirectEmulator) -> None:
     config = tmp_path / "edgeagent.toml"
     write_config(config, broker, shunt.port)
     systemd = FakeSystemd(str(tmp_path / "notify"))

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent_site import Agent, Requester, Shunt, write_config
+from agent_site import Agent, Requester, write_config
 from conftest import Broker, Subscriber
+from emulated_devices import smartshunt
 
 DESIRED = "edgeagent/s1/n1/config/desired"
 REPORTED = "edgeagent/s1/n1/config/reported"
@@ -49,7 +50,7 @@ class Site:
 @contextmanager
 def make_site(broker: Broker, tmp_path: Path, subscriber_factory: Any,
               extra: str = "", probation_ticks: int = 5) -> Iterator[Site]:
-    shunt = Shunt()
+    shunt = smartshunt(90.0)
     config = tmp_path / "edgeagent.toml"
     write_config(config, broker, shunt.port, extra=extra, probation_ticks=probation_ticks)
     reports = subscriber_factory(REPORTED)
@@ -61,7 +62,7 @@ def make_site(broker: Broker, tmp_path: Path, subscriber_factory: Any,
     finally:
         requester.close()
         site.agent.stop()
-        shunt.close()
+        shunt.stop()
 
 
 @pytest.fixture

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import threading
 import time
-import tty
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +13,12 @@ import numpy as np
 
 from conftest import Broker, edgeagent_command, retained
 from edgeagent.infer import load_bundled_samples
-from edgeagent.power.vedirect import encode_block
-
-SHUNT = encode_block([("PID", "0xA389"), ("V", "13200"), ("I", "2000"), ("SOC", "900"),
-                      ("FW", "0405")])
+from emulated_devices import smartshunt
 
 
 def test_run_reads_the_device_publishes_and_goes_offline_on_sigterm(
         broker: Broker, subscriber_factory: Any, tmp_path: Path) -> None:
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    stop = threading.Event()
-
-    def device() -> None:  # a SmartShunt sending a block every 100 ms
-        while not stop.wait(0.1):
-            os.write(master, SHUNT)
-
-    threading.Thread(target=device, daemon=True).start()
+    shunt = smartshunt(90.0)
     config = tmp_path / "edgeagent.toml"
     config.write_text(f"""
 [site]
@@ -40,7 +26,7 @@ id = "s1"
 node = "n1"
 [[power.devices]]
 driver = "vedirect"
-port = "{os.ttyname(slave)}"
+port = "{shunt.port}"
 [governor]
 tick_s = 0.2
 [workload]
@@ -76,11 +62,9 @@ outbox_path = "{tmp_path / 'outbox.db'}"
         seqs = [m["seq"] for m in sub.json_on("edgeagent/s1/n1/telemetry")]
         assert seqs == list(range(len(seqs)))
     finally:
-        stop.set()
         if proc.poll() is None:
             proc.kill()
-        os.close(master)
-        os.close(slave)
+        shunt.stop()
 
 
 def test_run_refuses_a_model_file_it_cannot_load(tmp_path: Path) -> None:
@@ -155,15 +139,7 @@ outbox_path = "{tmp_path / 'outbox.db'}"
 
 def test_a_job_dropped_in_the_inbox_is_run_and_its_result_written(tmp_path: Path) -> None:
     """The whole path: inbox file -> admission -> queue -> a worker claims it -> results/."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    stop = threading.Event()
-
-    def device() -> None:
-        while not stop.wait(0.1):
-            os.write(master, SHUNT)
-
-    threading.Thread(target=device, daemon=True).start()
+    shunt = smartshunt(90.0)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     pixels, labels = load_bundled_samples()
@@ -175,7 +151,7 @@ def test_a_job_dropped_in_the_inbox_is_run_and_its_result_written(tmp_path: Path
     config.write_text(f"""
 [[power.devices]]
 driver = "vedirect"
-port = "{os.ttyname(slave)}"
+port = "{shunt.port}"
 [governor]
 tick_s = 0.2
 [jobs]
@@ -197,8 +173,6 @@ outbox_path = "{tmp_path / 'outbox.db'}"
         assert "input" not in record  # input data stays on the site
         assert (inbox / "accepted" / "job.json").exists()
     finally:
-        stop.set()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        os.close(master)
-        os.close(slave)
+        shunt.stop()

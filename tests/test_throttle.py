@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from agent_site import Shunt
 from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, GovernorConfig
@@ -24,6 +23,7 @@ from edgeagent.state import SiteState
 from edgeagent.telemetry.mqtt import Topics
 from edgeagent.telemetry.outbox import Outbox
 from edgeagent.workloads.pool import WorkerPool
+from emulated_devices import smartshunt
 
 PI4 = load_board("raspberry-pi-4")
 BATTERY = BatteryConfig()
@@ -129,7 +129,7 @@ def test_no_flag_or_an_unknown_one_changes_nothing() -> None:
 
 def test_the_agent_puts_the_flag_in_its_state_and_telemetry_and_always_on_yields(
         tmp_path: Path) -> None:
-    shunt = Shunt()
+    shunt = smartshunt(90.0)
     reader = SerialReader(shunt.port)
     x, y = load_bundled_samples()
     pool = WorkerPool(DigitsClassifier.load, x[:64], y[:64], max_workers=2)
@@ -159,4 +159,4 @@ def test_the_agent_puts_the_flag_in_its_state_and_telemetry_and_always_on_yields
         reader.stop()
         pool.stop()
         outbox.close()
-        shunt.close()
+        shunt.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from conftest import Broker, edgeagent_command, retained
 from edgeagent.config import ConfigError, TlsConfig, parse_config
 from edgeagent.telemetry.mqtt import MqttLink, Topics
 from edgeagent.telemetry.outbox import Outbox
+from test_mqtt import pump_until
 
 TOPICS = Topics("edgeagent", "s1", "n1")
 
@@ -42,17 +42,6 @@ def _link(broker: TlsBroker, tls: TlsConfig) -> MqttLink:
     return MqttLink(broker.url, TOPICS, tls=tls, reconnect_min_s=0.5, reconnect_max_s=2.0)
 
 
-def _pump_until(link: MqttLink, box: Outbox, done: Callable[[], bool],
-                timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        link.pump(box)
-        if done():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"condition not reached: {link.report()}")
-
-
 def _attempts_while_watching(link: MqttLink, box: Outbox, seconds: float) -> int:
     first = link.attempts
     watched = time.monotonic()
@@ -71,7 +60,7 @@ def test_telemetry_goes_over_mutual_tls(tls_broker: TlsBroker, pki: Pki, tmp_pat
     link = _link(tls_broker, TlsConfig(ca_file=pki.ca, cert_file=pki.client_cert,
                                        key_file=pki.client_key))
     link.start()
-    _pump_until(link, box, lambda: box.pending_count() == 0)
+    pump_until(link, box, lambda: box.pending_count() == 0)
     status = retained(tls_broker.broker, TOPICS.status)
     link.stop(box)
     assert status is not None and status["state"] == "online"
@@ -84,7 +73,7 @@ def test_a_client_without_a_certificate_is_refused_reported_and_not_hammered(
     box = Outbox(tmp_path / "o.db")
     link = _link(tls_broker, TlsConfig(ca_file=pki.ca))
     link.start()
-    _pump_until(link, box, lambda: link.state == "refused")
+    pump_until(link, box, lambda: link.state == "refused")
     assert link.last_error == "tls: certificate required"
     assert _attempts_while_watching(link, box, 3.0) <= 5  # waits of 0.5-2 s, growing
     link.stop(box)
@@ -97,7 +86,7 @@ def test_a_certificate_from_a_ca_the_broker_does_not_trust_is_refused(
     link = _link(tls_broker, TlsConfig(ca_file=pki.ca, cert_file=pki.stranger_cert,
                                        key_file=pki.stranger_key))
     link.start()
-    _pump_until(link, box, lambda: link.state == "refused")
+    pump_until(link, box, lambda: link.state == "refused")
     link.stop(box)
     assert link.last_error == "tls: unknown ca"
 
@@ -108,7 +97,7 @@ def test_a_broker_the_ca_file_does_not_vouch_for_is_refused(
     link = _link(tls_broker, TlsConfig(ca_file=pki.other_ca, cert_file=pki.client_cert,
                                        key_file=pki.client_key))
     link.start()
-    _pump_until(link, box, lambda: link.state == "refused")
+    pump_until(link, box, lambda: link.state == "refused")
     link.stop(box)
     assert (link.last_error or "").startswith("tls: certificate verify failed")
 
@@ -122,7 +111,7 @@ def test_a_topic_the_acl_denies_is_parked_and_reported_while_the_rest_flows(
     link = _link(tls_broker, TlsConfig(ca_file=pki.ca, cert_file=pki.client_cert,
                                        key_file=pki.client_key))
     link.start()
-    _pump_until(link, box, lambda: len(link.rejected) == 1 and link.published == 1)
+    pump_until(link, box, lambda: len(link.rejected) == 1 and link.published == 1)
     assert _attempts_while_watching(link, box, 0.5) == 0  # a refused publish is no reconnect
     link.stop(box)
     report = link.report()
