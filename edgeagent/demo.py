@@ -26,7 +26,8 @@ from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, GovernorConfig, ModelFallback, WorkloadConfig
 from edgeagent.governor import Forecaster
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.power.poller import PolledReader
 from edgeagent.power.read import open_poller
 from edgeagent.power.reader import SerialReader

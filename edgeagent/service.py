@@ -30,7 +30,8 @@ from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import Config, PowerDevice
 from edgeagent.governor import Forecaster
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.notify import (
     Check,
     Heartbeat,

@@ -54,7 +54,7 @@ from make_digits_model import (
 )
 from onnxruntime.quantization import QuantType
 
-from edgeagent.infer import session_options
+from edgeagent.infer.ort import session_options
 
 BATCHES = (1, 64, 540)
 # The agent's budget asks int8 for these over fp32 (issue 4, "Bundled models").

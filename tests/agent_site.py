@@ -20,7 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from conftest import Broker, edgeagent_command
-from edgeagent.infer import load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
 
 CMD = "edgeagent/s1/n1/cmd"
 

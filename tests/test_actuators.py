@@ -38,7 +38,8 @@ from edgeagent.actuators.nvpmodel import choose_mode, parse_modes, parse_query
 from edgeagent.boards import load_board
 from edgeagent.config import ActuatorConfig, ConfigError, parse_config
 from edgeagent.governor.decision import Decision
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.workloads.pool import WorkerPool
 
 SLICE = "edgeagent.slice/edgeagent-workloads.slice"

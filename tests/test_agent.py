@@ -10,7 +10,8 @@ import pytest
 from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, GovernorConfig
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.telemetry.mqtt import Topics
 from edgeagent.telemetry.outbox import Outbox
 from edgeagent.workloads.pool import WorkerPool

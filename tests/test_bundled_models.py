@@ -28,7 +28,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from edgeagent.infer import session_options
+from edgeagent.infer.ort import session_options
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = files("edgeagent.infer.models")

@@ -25,3 +25,14 @@ def test_help_lists_the_commands() -> None:
                          text=True, check=True).stdout
     for command in ("demo", "run", "config", "read", "decode", "probe"):
         assert command in out
+
+
+def test_config_check_and_the_fleet_viewer_do_not_load_the_inference_runtime() -> None:
+    """An operator's laptop or a board's shell: checking a config or watching the fleet needs
+    neither onnxruntime nor NumPy (20 + 15 MB and seconds of start-up on a Pi)."""
+    probe = ("import sys, edgeagent.cli, edgeagent.config, edgeagent.telemetry.fleet; "
+             "print(sorted(m for m in ('onnxruntime', 'numpy', 'ai_edge_litert') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"

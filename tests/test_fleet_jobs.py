@@ -23,7 +23,8 @@ from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, ConfigError, GovernorConfig, parse_config
 from edgeagent.governor.decision import Decision
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.power.reader import SerialReader
 from edgeagent.sim.battery import Battery as SimBattery
 from edgeagent.sim.device import DeviceState

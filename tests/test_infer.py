@@ -14,16 +14,11 @@ import numpy.typing as npt
 import onnx
 import pytest
 
-from edgeagent.infer import (
-    DigitsClassifier,
-    OnnxModel,
-    Quantization,
-    bundled_model_path,
-    load_bundled_samples,
-    load_model,
-    session_options,
-)
+from edgeagent.infer.bundled import bundled_model_path, load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.infer.litert import TfliteModel, interpreter_class
+from edgeagent.infer.model import Quantization, load_model
+from edgeagent.infer.ort import OnnxModel, session_options
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("fp32", "int8")

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.workloads.pool import WorkerPool
 
 

@@ -28,7 +28,7 @@ from sklearn.neural_network import MLPClassifier
 
 from conftest import edgeagent_command
 from edgeagent import cli
-from edgeagent.infer import bundled_model_path, load_bundled_samples
+from edgeagent.infer.bundled import bundled_model_path, load_bundled_samples
 from edgeagent.infer.quantize import (
     QuantizeError,
     QuantizeOptions,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from conftest import Broker, edgeagent_command, retained
-from edgeagent.infer import load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
 from emulated_devices import smartshunt
 
 

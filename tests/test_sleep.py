@@ -40,7 +40,8 @@ from edgeagent.config import (
     parse_config,
 )
 from edgeagent.governor.decision import Decision
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.service import run_service
 from edgeagent.telemetry.mqtt import Topics
 from edgeagent.telemetry.outbox import Outbox

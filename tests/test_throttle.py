@@ -16,7 +16,8 @@ from edgeagent.agent import Agent
 from edgeagent.boards import load_board
 from edgeagent.config import BatteryConfig, GovernorConfig
 from edgeagent.governor import GovernorMemory, decide
-from edgeagent.infer import DigitsClassifier, load_bundled_samples
+from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.infer.classifier import DigitsClassifier
 from edgeagent.power.reader import SerialReader
 from edgeagent.power.throttle import SYSFS, ThrottleSensor, parse_throttled
 from edgeagent.state import SiteState

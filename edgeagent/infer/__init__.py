@@ -1,32 +1,8 @@
-"""Local inference: one model interface over onnxruntime and LiteRT, the bundled models, the
-digits workload, and the benchmark that measures them."""
+"""Local inference: one model interface over onnxruntime and LiteRT (``model``, ``ort``,
+``litert``), the bundled models (``bundled``), the digits workload (``classifier``), and the
+benchmark that measures them (``bench``).
 
-from edgeagent.infer.bundled import (
-    BUNDLED_MODELS,
-    N_CLASSES,
-    N_PIXELS,
-    PIXEL_MAX,
-    bundled_model_path,
-    load_bundled_samples,
-    model_path,
-)
-from edgeagent.infer.classifier import DigitsClassifier
-from edgeagent.infer.model import Model, Quantization, TensorSpec, load_model
-from edgeagent.infer.ort import OnnxModel, session_options
-
-__all__ = [
-    "BUNDLED_MODELS",
-    "N_CLASSES",
-    "N_PIXELS",
-    "PIXEL_MAX",
-    "DigitsClassifier",
-    "Model",
-    "OnnxModel",
-    "Quantization",
-    "TensorSpec",
-    "bundled_model_path",
-    "load_bundled_samples",
-    "load_model",
-    "model_path",
-    "session_options",
-]
+Nothing is re-exported here: importing ``edgeagent.infer.bundled`` for a model's name (as the
+config does) must not load onnxruntime and NumPy into ``edgeagent config check`` or
+``edgeagent fleet``.
+"""

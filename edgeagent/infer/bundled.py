@@ -1,15 +1,19 @@
 """The models and test data shipped inside the package (see ``models/README.md``, the card).
 
 Models are named ``<family>-<precision>[-tflite]``; a config names one of them or gives a path.
+The config validates model names against this module, so it imports NumPy only to load the
+samples: ``edgeagent config check`` and ``edgeagent fleet`` stay light.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["BUNDLED_MODELS", "N_CLASSES", "N_PIXELS", "PIXEL_MAX", "bundled_model_path",
            "load_bundled_samples", "model_path"]
@@ -57,6 +61,8 @@ def model_path(model: str) -> Path:
 
 def load_bundled_samples() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """The held-out test set: raw pixels uint8 (n, 64) in 0..16 and int64 labels (n,)."""
+    import numpy as np
+
     with np.load(_resource("digits_test.npz"), allow_pickle=False) as npz:
         x = np.asarray(npz["x"], dtype=np.uint8)
         y = np.asarray(npz["y"], dtype=np.int64)

@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edgeagent.infer import session_options
+from edgeagent.infer.ort import session_options
 
 if TYPE_CHECKING:
     import onnx
