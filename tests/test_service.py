@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
+import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+import edgeagent.service
 from conftest import Broker, edgeagent_command, retained
+from edgeagent.config import parse_config
 from edgeagent.infer.bundled import load_bundled_samples
+from edgeagent.service import build_site, run_service
 from emulated_devices import smartshunt
 
 
@@ -98,6 +105,94 @@ def test_run_with_an_unusable_outbox_path_is_a_clear_error(tmp_path: Path) -> No
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "cannot open the outbox" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_with_an_unusable_jobs_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = tmp_path / "edgeagent.toml"
+    config.write_text(f'[jobs]\npath = "{blocker / "jobs.db"}"\n'
+                      f'[telemetry]\noutbox_path = "{tmp_path / "outbox.db"}"\n')
+    result = subprocess.run([*edgeagent_command(), "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot open the job queue" in result.stderr and "check jobs.path" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outbox.db-wal").exists()  # the outbox closed: its WAL checkpointed
+
+
+def _record_stores(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every outbox, job queue and fleet ledger the service opens, in order, kept alive so
+    that a close the service forgot shows (no garbage collection closes them meanwhile)."""
+    opened: list[Any] = []
+
+    def recording(cls: Callable[..., Any]) -> Callable[..., Any]:
+        def make(*args: Any, **kwargs: Any) -> Any:
+            store = cls(*args, **kwargs)
+            opened.append(store)
+            return store
+        return make
+
+    for name in ("Outbox", "JobQueue", "Ledger"):
+        monkeypatch.setattr(edgeagent.service, name,
+                            recording(getattr(edgeagent.service, name)))
+    return opened
+
+
+def _closed(store: Any) -> bool:
+    try:
+        store._db.execute("SELECT 1")
+    except sqlite3.ProgrammingError:  # "Cannot operate on a closed database."
+        return True
+    return False
+
+
+@pytest.mark.parametrize("broken", ["jobs.path", "fleet ledger"])
+def test_a_start_up_error_closes_what_was_opened_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    telemetry = f'[telemetry]\noutbox_path = "{tmp_path / "outbox.db"}"\n'
+    if broken == "jobs.path":
+        text = f'[jobs]\npath = "{blocker / "jobs.db"}"\n' + telemetry
+        said, stores = "cannot open the job queue", ["Outbox"]
+    else:  # the queue opens, the ledger next to it cannot (a directory is in the way)
+        (tmp_path / "fleet-jobs.db").mkdir()
+        text = ('[jobs.fleet]\nenabled = true\n' + telemetry
+                + 'broker = "mqtt://127.0.0.1:1"\n')  # built, never started: no connection
+        said, stores = "cannot open the fleet job ledger", ["Outbox", "JobQueue"]
+    opened = _record_stores(monkeypatch)
+    out = io.StringIO()
+    assert run_service(parse_config(text), out) == 2
+    assert f"edgeagent run: {said}" in out.getvalue()
+    assert [type(s).__name__ for s in opened] == stores
+    assert all(map(_closed, opened))
+
+
+def test_any_failure_while_building_closes_the_stores(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = _record_stores(monkeypatch)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no actuators today")
+
+    monkeypatch.setattr(edgeagent.service, "build_actuators", broken)
+    config = parse_config(f'[telemetry]\noutbox_path = "{tmp_path / "outbox.db"}"\n')
+    with pytest.raises(RuntimeError, match="no actuators today"):
+        build_site(config, io.StringIO(), None)
+    assert [type(s).__name__ for s in opened] == ["Outbox", "JobQueue"]
+    assert all(map(_closed, opened))
+
+
+def test_a_site_closes_its_stores_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = _record_stores(monkeypatch)
+    config = parse_config(f'[telemetry]\noutbox_path = "{tmp_path / "outbox.db"}"\n')
+    site = build_site(config, io.StringIO(), None)
+    assert not any(map(_closed, opened))
+    site.close()  # never started: nothing to stop, the stores to close
+    site.close()
+    assert site.closed and [type(s).__name__ for s in opened] == ["Outbox", "JobQueue"]
+    assert all(map(_closed, opened))
 
 
 def test_run_polls_a_modbus_charger_and_reports_device_counters(
