@@ -291,6 +291,9 @@ class Agent:
         self._next_telemetry = min(self._next_telemetry, self.clock() + self.telemetry_interval_s)
         if self.forecaster is not None:
             self.forecaster.quantile = config.governor.forecast_quantile
+            self.forecaster.admission_quantile = config.governor.admission_quantile
+        if self.fleet_jobs is not None:  # a fleet job names the model it needs
+            self.fleet_jobs.models = config.workload.models()
         if self.desk is not None:
             self.desk.battery, self.desk.governor = config.battery, config.governor
             jobs, queue = config.jobs, self.desk.queue
