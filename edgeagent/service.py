@@ -335,7 +335,9 @@ def build_site(config: Config, out: TextIO, path: Path | None) -> Site:
             key = tel.command_hmac_key_file
             commands = Commands(agent, link, topics.cmd, reload=remote.reload,
                                 max_bytes=tel.command_max_bytes,
-                                verifier=None if key is None else Verifier(read_key(key)))
+                                verifier=None if key is None else Verifier(
+                                    read_key(key), seen_path=tel.outbox_path.with_name(
+                                        "command-signatures.json")))
             agent.reporters["commands"] = commands.telemetry
             link.subscribe(topics.cmd, commands.handle)
             link.subscribe(topics.config_desired, remote.on_desired)

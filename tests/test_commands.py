@@ -255,6 +255,27 @@ def test_a_signature_that_is_not_ascii_is_refused_not_raised() -> None:
     assert verifier.check("t", b"{}", props) is not None  # and only once
 
 
+def test_a_signed_command_taken_before_a_restart_is_still_a_replay_after_it(
+        tmp_path: Path) -> None:
+    """The replay window outlives the process: a command captured and resent after a crash or
+    a watchdog restart is refused; once its window has passed it is forgotten, and a state file
+    that cannot be read is said and started over, not fatal."""
+    from edgeagent.telemetry.signing import Verifier
+
+    key, seen = b"0123456789abcdef", tmp_path / "command-signatures.json"
+    props = (("ts", "1000"), ("hmac", sign(key, "t", "1000", b"{}")))
+    assert Verifier(key, clock=lambda: 1000.0, seen_path=seen).check("t", b"{}", props) is None
+    again = Verifier(key, clock=lambda: 1010.0, seen_path=seen)  # the agent restarted
+    assert again.check("t", b"{}", props) == "replayed: this signed command was already taken"
+    later = Verifier(key, clock=lambda: 1000.0 + 2 * 300 + 1, seen_path=seen)
+    assert "stale" in str(later.check("t", b"{}", props))  # outside the window: ts refuses it
+    fresh = (("ts", "1601"), ("hmac", sign(key, "t", "1601", b"{}")))
+    assert later.check("t", b"{}", fresh) is None
+    assert list(json.loads(seen.read_text())) == [fresh[1][1]]  # the old one forgotten
+    seen.write_text("{not json")
+    assert Verifier(key, clock=lambda: 1601.0, seen_path=seen).check("t", b"{}", fresh) is None
+
+
 def test_a_command_that_fails_inside_the_agent_still_gets_a_reply() -> None:
     from edgeagent.telemetry.commands import Commands
     from edgeagent.telemetry.mqtt import Inbound

@@ -4,17 +4,23 @@ A signed request carries two MQTT v5 user properties: ``ts``, the sender's UTC e
 and ``hmac``, the hex HMAC-SHA256 under the shared key of ``<topic>\\n<ts>\\n`` followed by the
 payload. The topic is signed so a command for one node cannot be replayed to another; ``ts``
 bounds how long a captured command stays usable, and the signatures seen within that window
-are remembered so none is accepted twice.
+are remembered so none is accepted twice: in ``seen_path`` too, so that a restart (a crash, a
+watchdog kill, a brown-out) does not reopen the window.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger("edgeagent.telemetry")
 
 MAX_SKEW_S = 300.0
 MIN_KEY_BYTES = 16
@@ -34,11 +40,39 @@ def sign(key: bytes, topic: str, ts: str, payload: bytes) -> str:
 
 class Verifier:
     def __init__(self, key: bytes, *, max_skew_s: float = MAX_SKEW_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, seen_path: Path | None = None) -> None:
         self._key = key
         self.max_skew_s = max_skew_s
         self._clock = clock
-        self._seen: dict[str, float] = {}  # signature -> when it may be forgotten
+        self.seen_path = seen_path
+        self._seen: dict[str, float] = self._load()  # signature -> when it may be forgotten
+
+    def _load(self) -> dict[str, float]:
+        if self.seen_path is None or not self.seen_path.exists():
+            return {}
+        try:
+            seen = json.loads(self.seen_path.read_text())
+            return {str(s): float(t) for s, t in seen.items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            # Forgetting them reopens the replay window for at most 2 * max_skew_s: said.
+            log.warning("signed commands: cannot read %s (%s); the signatures taken before "
+                        "this start are forgotten", self.seen_path, exc)
+            return {}
+
+    def _save(self) -> None:
+        """Written whole and renamed into place, so a power cut leaves the old or the new."""
+        if self.seen_path is None:
+            return
+        tmp = self.seen_path.with_name(self.seen_path.name + ".tmp")
+        try:
+            with tmp.open("w") as f:
+                json.dump(self._seen, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.seen_path)
+        except OSError as exc:
+            log.warning("signed commands: cannot write %s (%s); a restart would forget the "
+                        "signatures taken", self.seen_path, exc)
 
     def check(self, topic: str, payload: bytes,
               properties: tuple[tuple[str, str], ...]) -> str | None:
@@ -63,4 +97,5 @@ class Verifier:
         if signature in self._seen:
             return "replayed: this signed command was already taken"
         self._seen[signature] = sent + 2 * self.max_skew_s
+        self._save()
         return None
