@@ -1,10 +1,12 @@
 """Resident memory and idle CPU of ``edgeagent run``, measured from /proc.
 
-    python benchmarks/resources.py [--idle-s 180] [--warmup-s 30] [--work-s 60] [--json]
+    python benchmarks/resources.py [--idle-s 180] [--warmup-s 30] [--work-s 60]
+                                   [--model digits-int8] [--json]
 
 Starts its own Mosquitto and an emulated SmartShunt on a pseudo-terminal (one VE.Direct block
-pair per second, as a real one sends), then runs the service twice with the bundled int8 model
-at the default intervals (governor tick 5 s, telemetry every 10 s):
+pair per second, as a real one sends), then runs the service twice with a bundled int8 model
+(``--model``: the default workload's ONNX one, or a ``-tflite`` one run by LiteRT, which then
+leaves onnxruntime unloaded) at the default intervals (governor tick 5 s, telemetry every 10 s):
 - idle: the battery at 20 %, below the reserve, so the governor decides level 0 (no workers):
   CPU is utime + stime from /proc/PID/stat over ``--idle-s`` after the warm-up, as a share of
   one core; RSS is VmRSS after the warm-up;
@@ -75,8 +77,8 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def start_agent(workdir: Path, broker: Broker,
-                soc_pct: float) -> tuple[subprocess.Popen[bytes], VEDirectEmulator]:
+def start_agent(workdir: Path, broker: Broker, soc_pct: float,
+                model: str) -> tuple[subprocess.Popen[bytes], VEDirectEmulator]:
     """The service on a SmartShunt at ``soc_pct`` (13.2 V, -0.5 A, 3 cycles): its two blocks
     once a second, as a real one sends."""
     shunt = smartshunt(soc_pct, volts=13.2, amps=-0.5, cycles=3, interval_s=1.0)
@@ -92,6 +94,8 @@ port = "{shunt.port}"
 [telemetry]
 broker = "{broker.url}"
 outbox_path = "{state / 'outbox.db'}"
+[workload]
+model = "{model}"
 """)
     log = (workdir / f"agent-{soc_pct:.0f}.log").open("w")
     proc = subprocess.Popen([*edgeagent_command(), "run", "--config", str(config)],
@@ -109,9 +113,9 @@ def stop_agent(proc: subprocess.Popen[bytes], shunt: VEDirectEmulator) -> None:
     shunt.stop()
 
 
-def measure_idle(workdir: Path, broker: Broker, warmup_s: float, idle_s: float
+def measure_idle(workdir: Path, broker: Broker, model: str, warmup_s: float, idle_s: float
                  ) -> dict[str, Any]:
-    proc, shunt = start_agent(workdir, broker, soc_pct=20.0)
+    proc, shunt = start_agent(workdir, broker, soc_pct=20.0, model=model)
     try:
         time.sleep(warmup_s)
         rss, cpu0, t0 = rss_mb(proc.pid), cpu_s(proc.pid), time.monotonic()
@@ -124,9 +128,9 @@ def measure_idle(workdir: Path, broker: Broker, warmup_s: float, idle_s: float
         stop_agent(proc, shunt)
 
 
-def measure_work(workdir: Path, broker: Broker, warmup_s: float, work_s: float
+def measure_work(workdir: Path, broker: Broker, model: str, warmup_s: float, work_s: float
                  ) -> dict[str, Any]:
-    proc, shunt = start_agent(workdir, broker, soc_pct=100.0)
+    proc, shunt = start_agent(workdir, broker, soc_pct=100.0, model=model)
     try:
         time.sleep(warmup_s)
         cpu0, t0, peak = cpu_s(proc.pid), time.monotonic(), 0.0
@@ -146,6 +150,8 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=30.0)
     parser.add_argument("--idle-s", type=float, default=180.0)
     parser.add_argument("--work-s", type=float, default=60.0)
+    parser.add_argument("--model", default="digits-int8",
+                        help="the workload's model (default digits-int8, onnxruntime)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="edgeagent-resources-"))
@@ -159,15 +165,16 @@ def main() -> int:
             "rss": ("VmRSS" if guest_window() is None else
                     "qemu-user guest: smaps Rss inside QEMU_GUEST_BASE + QEMU_RESERVED_VA;"
                     " CPU figures are the emulator's"),
-            "idle": measure_idle(workdir, broker, args.warmup_s, args.idle_s),
-            "work": measure_work(workdir, broker, args.warmup_s, args.work_s)}
+            "model": args.model,
+            "idle": measure_idle(workdir, broker, args.model, args.warmup_s, args.idle_s),
+            "work": measure_work(workdir, broker, args.model, args.warmup_s, args.work_s)}
     finally:
         broker.stop()
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         idle, work = result["idle"], result["work"]
-        print(f"machine: {result['machine']}; RSS is {result['rss']}")
+        print(f"machine: {result['machine']}; model {args.model}; RSS is {result['rss']}")
         print(f"idle (level 0, tick 5 s, telemetry 10 s): RSS {idle['rss_mb']} MB, CPU "
               f"{idle['cpu_pct_of_one_core']} % of one core ({idle['cpu_s']} s in "
               f"{idle['wall_s']} s), {idle['threads']} threads")
