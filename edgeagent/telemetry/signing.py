@@ -53,7 +53,7 @@ class Verifier:
         try:
             seen = json.loads(self.seen_path.read_text())
             return {str(s): float(t) for s, t in seen.items()}
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             # Forgetting them reopens the replay window for at most 2 * max_skew_s: said.
             log.warning("signed commands: cannot read %s (%s); the signatures taken before "
                         "this start are forgotten", self.seen_path, exc)
