@@ -4,9 +4,13 @@ line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +252,63 @@ def test_fleet_names_the_option_field_that_is_wrong(tmp_path: Path, pki: Pki,
         == EXIT_INVALID
     assert capsys.readouterr().err == ("edgeagent fleet: telemetry.tls: TLS settings need an "
                                        "mqtts:// broker, not 'mqtt://localhost:1'\n")
+
+
+def test_fleet_says_which_file_it_cannot_use(tmp_path: Path, pki: Pki,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Files that exist but cannot be used: exit 2, one line naming what, no traceback."""
+    garbage, latin1 = tmp_path / "garbage.pem", tmp_path / "password"
+    garbage.write_text("not a certificate\n")
+    latin1.write_bytes("mot-de-passe-\xe9t\xe9\n".encode("latin-1"))
+    assert main(["fleet", "--broker", "mqtts://localhost:1", "--cert-file", str(garbage)]) \
+        == EXIT_INVALID
+    assert capsys.readouterr().err.startswith("edgeagent fleet: cannot load the TLS files")
+    assert main(["fleet", "--broker", "mqtt://localhost:1", "--username", "u",
+                 "--password-file", str(latin1)]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgeagent fleet: cannot load the password_file ({latin1})")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_live_viewer_rides_out_a_broker_restart_and_a_reconnect_closed_before_connack(
+        broker: Broker) -> None:
+    """Once it has watched, the live table outlasts the broker: a restart, even one behind a
+    proxy that closes connections before the broker answers, is retried by paho, not taken for
+    a refusal; the table then fills again. Ctrl-C ends it with status 0."""
+    viewer = subprocess.Popen([*edgeagent_command(), "fleet", "--broker", broker.url, "--json",
+                               "--window", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert viewer.stdout is not None and viewer.stderr is not None
+    try:
+        assert "watching edgeagent/+/+" in viewer.stderr.readline()
+        broker.stop()
+        with socket.socket() as proxy:  # accepts and closes, as a restarting proxy does
+            proxy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            proxy.bind(("127.0.0.1", broker.port))
+            proxy.listen()
+            proxy.settimeout(0.2)
+            deadline, closed = time.monotonic() + 4, 0
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    proxy.accept()[0].close()
+                    closed += 1
+        assert closed >= 1 and viewer.poll() is None, viewer.stderr.read()
+        broker.start()
+        node = _node(broker.port)
+        try:  # the viewer resubscribes when paho's next attempt comes: publish until seen
+            seen: list[dict[str, Any]] = []
+            deadline, seq = time.monotonic() + 60, 0
+            while not seen and time.monotonic() < deadline:
+                node.publish("edgeagent/s1/n1/telemetry",
+                             json.dumps(telemetry(seq, soc=55.0, pv=3.0)), qos=1)
+                seq += 1
+                seen = [r for r in json.loads(viewer.stdout.readline()) if r["site"] == "s1"]
+        finally:
+            node.loop_stop()
+            node.disconnect()
+        assert seen and seen[0]["soc_pct"] == 55.0
+        viewer.send_signal(signal.SIGINT)
+        assert viewer.wait(timeout=30) == 0
+    finally:
+        viewer.kill()
+        viewer.wait()

@@ -225,42 +225,53 @@ class _Connection:
 
     connected: bool = False
     was_connected: bool = False  # then a failed reconnect is paho's to retry, not an exit
-    refusal: str | None = None  # from the CONNACK, or a TLS alert seen in paho's log
+    refusal: str | None = None  # this attempt's: from the CONNACK, or a TLS alert in the log
+
+
+class CannotLoad(Exception):
+    """A validated TLS or password file that cannot be used (unreadable, not PEM, not text)."""
 
 
 def _client(config: TelemetryConfig, address: BrokerAddress) -> AttemptClient:
     """A paho client with the TLS and the credentials of ``config``, applied as the agent's
-    MQTT link applies them. Raises ``OSError`` (``ssl.SSLError`` too) for a file it cannot
-    load."""
+    MQTT link applies them. Raises ``CannotLoad`` naming the file it cannot use."""
     client = AttemptClient(CallbackAPIVersion.VERSION2,
-                     protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311,
-                     transport=address.transport)  # type: ignore[arg-type]
+                           protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311,
+                           transport=address.transport)  # type: ignore[arg-type]
     if address.tls:
-        client.tls_set_context(client_context(config.tls))
+        try:
+            client.tls_set_context(client_context(config.tls))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            where = getattr(exc, "filename", None)
+            raise CannotLoad(f"the TLS files{f' ({where})' if where else ''}: {exc}") from exc
         if config.tls is not None and config.tls.insecure:
             client.tls_insecure_set(True)
     if config.username is not None:
-        client.username_pw_set(config.username, config.broker_password())
+        try:
+            password = config.broker_password()
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            raise CannotLoad(f"the password_file ({config.password_file}): {exc}") from exc
+        client.username_pw_set(config.username, password)
     return client
 
 
 def run_fleet(config: TelemetryConfig, *, once: bool, as_json: bool, window_s: float,
-              out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+              out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Watch ``config.broker`` under ``config.topic_root``, with the config's credentials and
     TLS; ``once``: print one snapshot after ``window_s`` and exit.
 
     Returns 0 when done (or interrupted), 1 when the broker cannot be reached or refuses the
     connection (bad credentials, a TLS handshake one side rejects: said in one line on ``err``
     and not retried), 2 when the password or TLS files cannot be loaded."""
+    out, err = out or sys.stdout, err or sys.stderr  # at call time: tests swap them
     if config.broker is None:
         raise ValueError("run_fleet needs a broker")
     broker, root = config.broker, config.topic_root
     address = BrokerAddress.parse(broker)
     try:
         client = _client(config, address)
-    except OSError as exc:  # validated files that are unreadable, or not a key and certificate
-        what = "TLS files" if isinstance(exc, ssl.SSLError) else "password_file"
-        print(f"edgeagent fleet: cannot load the {what}: {exc}", file=err)
+    except CannotLoad as exc:
+        print(f"edgeagent fleet: cannot load {exc}", file=err)
         return 2
     view = FleetView(root)
     # (kind, text, payload): message (topic), suback, lost, refused, unreachable (why)
@@ -276,14 +287,19 @@ def run_fleet(config: TelemetryConfig, *, once: bool, as_json: bool, window_s: f
         for topic_filter in view.filters:
             c.subscribe(topic_filter, qos=1)
 
+    def on_pre_connect(c: mqtt.Client, userdata: Any) -> None:
+        link.refusal = None  # each attempt answers for itself
+
     def on_disconnect(c: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                       reason_code: ReasonCode, properties: Properties | None) -> None:
         if link.connected:
             link.connected = False
             events.put(("lost", reason_text(reason_code), b""))
-        else:
-            events.put(("refused", link.refusal
-                        or "closed by the broker before it accepted the connection", b""))
+        elif not link.was_connected:  # the first connection never came: say why, once
+            events.put(("refused", link.refusal or "the connection was closed before the "
+                        f"broker accepted it (no CONNACK within {config.keepalive_s} s, or "
+                        "closed by the broker)", b""))
+        # after a first connection, a failed reconnect is paho's to retry
 
     def on_connect_fail(c: mqtt.Client, userdata: Any) -> None:
         error = client.attempt_error
@@ -297,6 +313,8 @@ def run_fleet(config: TelemetryConfig, *, once: bool, as_json: bool, window_s: f
         if level == mqtt.MQTT_LOG_ERR and not link.connected and link.refusal is None:
             link.refusal = tls_failure(message)
 
+    client.reconnect_delay_set(1, 10)  # a viewer is watched: back soon after a broker restart
+    client.on_pre_connect = on_pre_connect
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     client.on_connect_fail = on_connect_fail
