@@ -69,3 +69,13 @@ def test_a_failing_batch_is_counted_and_the_worker_keeps_going() -> None:
         assert pool.stats().inferences > 0
     finally:
         pool.stop()
+
+
+def test_a_pool_whose_start_failed_part_way_still_stops() -> None:
+    """Starting threads can fail (a board out of memory: "can't start new thread"); the
+    close-down that follows stops what did start instead of raising on what did not."""
+    x, y = load_bundled_samples()
+    pool = WorkerPool(DigitsClassifier.load, x, y, max_workers=2)
+    pool._threads[0].start()  # the second thread never started
+    pool.stop()
+    assert not pool._threads[0].is_alive()

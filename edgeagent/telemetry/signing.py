@@ -53,7 +53,7 @@ class Verifier:
         try:
             seen = json.loads(self.seen_path.read_text())
             return {str(s): float(t) for s, t in seen.items()}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
             # Forgetting them reopens the replay window for at most 2 * max_skew_s: said.
             log.warning("signed commands: cannot read %s (%s); the signatures taken before "
                         "this start are forgotten", self.seen_path, exc)
@@ -70,6 +70,11 @@ class Verifier:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.seen_path)
+            directory = os.open(self.seen_path.parent, os.O_RDONLY)
+            try:  # the rename itself must survive a power cut too
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         except OSError as exc:
             log.warning("signed commands: cannot write %s (%s); a restart would forget the "
                         "signatures taken", self.seen_path, exc)

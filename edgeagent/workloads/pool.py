@@ -103,7 +103,8 @@ class WorkerPool:
             self._stopping = True
             self._wake.notify_all()
         for t in self._threads:
-            t.join(timeout=10)
+            if t.ident is not None:  # a start that failed part-way left the rest unstarted
+                t.join(timeout=10)
 
     @property
     def workers(self) -> int:
