@@ -18,7 +18,8 @@ Under qemu-user (``scripts/aarch64-check --resources``), VmRSS is the emulator's
 code and its own heap included. With ``QEMU_GUEST_BASE`` and ``QEMU_RESERVED_VA`` set, every guest
 mapping lies in that one host window, so RSS is then the sum of ``/proc/PID/smaps`` Rss inside it:
 the pages the aarch64 program itself touched (its libraries' aarch64 code, its heap, its
-stacks). CPU under emulation says nothing about a board and is reported as such.
+stacks). CPU under emulation says nothing about a board and is reported as such, and the thread
+count (``/proc/PID/status``) includes qemu's own thread or two.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def guest_window() -> tuple[int, int] | None:
     return (int(base, 0), int(base, 0) + int(size, 0)) if base and size else None
 
 
+def alive(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """The agent's pid; an agent that exited (a zombie's smaps is empty: 0 MB) is an error."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"edgeagent run exited with status {proc.returncode}:\n"
+                           + log.read_text()[-2000:])
+    return proc.pid
+
+
 def rss_mb(pid: int) -> float:
     window = guest_window()
     if window is None:
@@ -69,12 +78,19 @@ def rss_mb(pid: int) -> float:
             inside = low <= start and end <= high
         elif inside and head == "Rss:":
             kib += int(line.split()[1])
+    if kib == 0:
+        raise RuntimeError(f"no guest mapping of pid {pid} in {low:#x}-{high:#x}: not a qemu "
+                           "guest started with this QEMU_GUEST_BASE/QEMU_RESERVED_VA?")
     return kib / 1024
 
 
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def agent_log(workdir: Path, soc_pct: float) -> Path:
+    return workdir / f"agent-{soc_pct:.0f}.log"
 
 
 def start_agent(workdir: Path, broker: Broker, soc_pct: float,
@@ -97,7 +113,7 @@ outbox_path = "{state / 'outbox.db'}"
 [workload]
 model = "{model}"
 """)
-    log = (workdir / f"agent-{soc_pct:.0f}.log").open("w")
+    log = agent_log(workdir, soc_pct).open("w")
     proc = subprocess.Popen([*edgeagent_command(), "run", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT)
     return proc, shunt
@@ -118,11 +134,12 @@ def measure_idle(workdir: Path, broker: Broker, model: str, warmup_s: float, idl
     proc, shunt = start_agent(workdir, broker, soc_pct=20.0, model=model)
     try:
         time.sleep(warmup_s)
-        rss, cpu0, t0 = rss_mb(proc.pid), cpu_s(proc.pid), time.monotonic()
+        pid = alive(proc, agent_log(workdir, 20.0))
+        rss, cpu0, t0 = rss_mb(pid), cpu_s(pid), time.monotonic()
         time.sleep(idle_s)
-        used, wall = cpu_s(proc.pid) - cpu0, time.monotonic() - t0
-        return {"rss_mb": round(rss, 1), "rss_end_mb": round(rss_mb(proc.pid), 1),
-                "threads": int(status(proc.pid)["Threads"]), "cpu_s": round(used, 3),
+        used, wall = cpu_s(alive(proc, agent_log(workdir, 20.0))) - cpu0, time.monotonic() - t0
+        return {"rss_mb": round(rss, 1), "rss_end_mb": round(rss_mb(pid), 1),
+                "threads": int(status(pid)["Threads"]), "cpu_s": round(used, 3),
                 "wall_s": round(wall, 1), "cpu_pct_of_one_core": round(100 * used / wall, 3)}
     finally:
         stop_agent(proc, shunt)
@@ -133,13 +150,14 @@ def measure_work(workdir: Path, broker: Broker, model: str, warmup_s: float, wor
     proc, shunt = start_agent(workdir, broker, soc_pct=100.0, model=model)
     try:
         time.sleep(warmup_s)
-        cpu0, t0, peak = cpu_s(proc.pid), time.monotonic(), 0.0
+        pid = alive(proc, agent_log(workdir, 100.0))
+        cpu0, t0, peak = cpu_s(pid), time.monotonic(), 0.0
         while time.monotonic() - t0 < work_s:
-            peak = max(peak, rss_mb(proc.pid))
+            peak = max(peak, rss_mb(alive(proc, agent_log(workdir, 100.0))))
             time.sleep(1.0)
-        used, wall = cpu_s(proc.pid) - cpu0, time.monotonic() - t0
-        return {"rss_peak_mb": round(peak, 1), "rss_end_mb": round(rss_mb(proc.pid), 1),
-                "threads": int(status(proc.pid)["Threads"]),
+        used, wall = cpu_s(pid) - cpu0, time.monotonic() - t0
+        return {"rss_peak_mb": round(peak, 1), "rss_end_mb": round(rss_mb(pid), 1),
+                "threads": int(status(pid)["Threads"]),
                 "cores_busy": round(used / wall, 2)}
     finally:
         stop_agent(proc, shunt)

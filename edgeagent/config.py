@@ -36,6 +36,11 @@ MqttProtocol = Literal["5", "3.1.1"]
 TOPIC_LEVEL = r"^[A-Za-z0-9_-]+$"
 
 
+# A sleep's wake time is planned at the tick's start and checked by the actuator moments later:
+# its shortest sleep must sit this far below the governor's.
+SLEEP_SLACK_S = 60.0
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -468,11 +473,12 @@ class Config(Section):
         one shorter than its ``sleep_min_s``: plans the actuator would always refuse are a
         misconfiguration, not a run-time surprise."""
         if (self.governor.allow_sleep and self.actuators.sleep
-                and self.governor.min_sleep_s < self.actuators.sleep_min_s):
+                and self.governor.min_sleep_s < self.actuators.sleep_min_s + SLEEP_SLACK_S):
             raise ValueError(
-                f"actuators.sleep_min_s: {self.actuators.sleep_min_s:g} s is above "
-                f"governor.min_sleep_s ({self.governor.min_sleep_s:g} s): the governor would "
-                "plan sleeps this actuator refuses; lower it or raise governor.min_sleep_s")
+                f"actuators.sleep_min_s: {self.actuators.sleep_min_s:g} s leaves less than "
+                f"{SLEEP_SLACK_S:g} s below governor.min_sleep_s "
+                f"({self.governor.min_sleep_s:g} s): the governor would plan sleeps this "
+                "actuator refuses; lower it or raise governor.min_sleep_s")
         return self
 
 

@@ -4,7 +4,7 @@ Timings are not reproducible, so they are kept out of make_digits_model.py; this
 them into the model card's speed section (--update-card), together with the sha256 of every
 file it measured, so regenerating unchanged files keeps the numbers and changed files drop them.
 
-Method: onnxruntime with the agent's own session options (edgeagent.infer.session_options:
+Method: onnxruntime with the agent's own session options (edgeagent.infer.ort.session_options:
 1 intra-op thread, spinning off, ORT_ENABLE_ALL); LiteRT with num_threads=1 and its default
 XNNPACK delegate. Inputs are the held-back test digits; each batch size cycles through them.
 Every round times each variant in turn (order reversed every other round, so drift hits all
@@ -304,9 +304,9 @@ def section(lines: list[str], files: list[Path], rounds: int, window: float) -> 
         BENCH_BEGIN,
         f"Measured {dt.date.today().isoformat()} with `{BENCHMARK}` (--rounds {rounds}, "
         f"--window {window}) on {desc}. onnxruntime sessions use the agent's "
-        "`edgeagent.infer.session_options(threads=1)` (1 thread, spinning off, ORT_ENABLE_ALL); "
-        "LiteRT runs with num_threads=1 and its default XNNPACK delegate, and its times include "
-        f"set_tensor/get_tensor. {caveat}",
+        "`edgeagent.infer.ort.session_options(threads=1)` (1 thread, spinning off, "
+        "ORT_ENABLE_ALL); LiteRT runs with num_threads=1 and its default XNNPACK delegate, "
+        f"and its times include set_tensor/get_tensor. {caveat}",
         "", *lines, "", "Files measured:", "", measured, BENCH_END])
 
 

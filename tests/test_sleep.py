@@ -373,7 +373,9 @@ def test_a_governor_planning_sleeps_the_actuator_would_refuse_is_a_config_error(
         parse_config(on)  # the actuator's default sleep_min_s is 1200 s
     issue = caught.value.issues[0]
     assert issue.path == "actuators.sleep_min_s" and "governor.min_sleep_s" in issue.message
-    assert parse_config(on + "sleep_min_s = 900\n").actuators.sleep_min_s == 900
+    with pytest.raises(ConfigError, match=r"governor\.min_sleep_s"):
+        parse_config(on + "sleep_min_s = 900\n")  # equal: no slack for the tick's lag
+    assert parse_config(on + "sleep_min_s = 840\n").actuators.sleep_min_s == 840
     assert not parse_config(on.replace("sleep = true", "sleep = false")).actuators.sleep
 
 
